@@ -1,0 +1,195 @@
+"""The read API under `/api`: thin endpoints that parse parameters, call the store, shape JSON.
+
+Every endpoint needs a bearer token from `[[api.tokens]]` with the right scope; with no tokens
+configured and the server on loopback the API is open (the start-up log says so).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app import replay
+from app.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidJson,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
+from app.runtime import Runtime
+from app.store import EventFilter, StoreError
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+
+
+def require_scope(request: Request, scope: str) -> None:
+    """Raise 401 without a known bearer token, 403 when its scopes lack `scope`."""
+    runtime: Runtime = request.app.state.runtime
+    tokens = runtime.settings.api.tokens
+    if not tokens and runtime.settings.server.on_loopback:
+        return
+    header = request.headers.get("authorization", "")
+    kind, _, presented = header.partition(" ")
+    if kind.lower() != "bearer" or not presented:
+        raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
+    for token in tokens:
+        if hmac.compare_digest(token.token.get_secret_value().encode(), presented.encode()):
+            if scope in token.scopes or "admin" in token.scopes:
+                request.scope["state"]["log"]["token"] = token.name
+                return
+            raise Forbidden()
+    raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
+
+
+def _number(params: Mapping[str, Any], name: str) -> float | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be a unix timestamp in seconds") from None
+
+
+def _limit(params: Any) -> int:
+    raw = params.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+async def list_events(request: Request) -> Response:
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    filters = EventFilter(
+        source=params.get("source"),
+        type=params.get("type"),
+        status=params.get("status"),
+        job_id=params.get("job_id"),
+        file_id=params.get("file_id"),
+        since=_number(params, "since"),
+        until=_number(params, "until"),
+    )
+    try:
+        page = await runtime.store.list_events(filters, _limit(params), params.get("cursor"))
+    except ValueError:
+        raise BadRequest("invalid cursor") from None
+    except StoreError:
+        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+async def get_event(request: Request) -> Response:
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    try:
+        record = await runtime.store.get_event(request.path_params["event_id"])
+    except StoreError:
+        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    if record is None:
+        raise NotFound("no such event")
+    return JSONResponse(record.model_dump(mode="json"))
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise InvalidJson() from None
+    if not isinstance(parsed, dict):
+        raise InvalidJson("body must be a JSON object")
+    return parsed
+
+
+def _str_or_none(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+async def replay_event(request: Request) -> Response:
+    """Fresh deliveries for one event, through the current routes or to one handler."""
+    require_scope(request, "admin")
+    runtime: Runtime = request.app.state.runtime
+    body = await _json_object(request)
+    try:
+        planned = await replay.plan_event(
+            runtime.store, runtime.routes, runtime.handlers,
+            request.path_params["event_id"], _str_or_none(body, "handler"),
+        )
+        if body.get("dry_run"):
+            return JSONResponse({"event_id": planned.event_id, "handlers": planned.handlers})
+        ids = await replay.apply(runtime.store, planned, runtime.clock.now())
+    except replay.ReplayError as exc:
+        raise NotFound(str(exc)) from None
+    except StoreError:
+        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    runtime.wake_worker()
+    return JSONResponse(
+        {"event_id": planned.event_id, "handlers": planned.handlers, "deliveries": ids}, 202
+    )
+
+
+async def replay_many(request: Request) -> Response:
+    """Bulk replay by filter; `dry_run` only counts and lists the plan."""
+    require_scope(request, "admin")
+    runtime: Runtime = request.app.state.runtime
+    body = await _json_object(request)
+    selection = replay.ReplayFilter(
+        source=_str_or_none(body, "source"), type=_str_or_none(body, "type"),
+        status=_str_or_none(body, "status"), since=_number(body, "since"),
+        until=_number(body, "until"), handler=_str_or_none(body, "handler"),
+    )
+    dry_run = bool(body.get("dry_run"))
+    events = deliveries = 0
+    plan: list[dict[str, Any]] = []
+    try:
+        async for planned in replay.plan_many(
+            runtime.store, runtime.routes, runtime.handlers, selection
+        ):
+            events += 1
+            deliveries += len(planned.handlers)
+            if dry_run:
+                if len(plan) < MAX_LIMIT:
+                    plan.append({"event_id": planned.event_id, "handlers": planned.handlers})
+            else:
+                await replay.apply(runtime.store, planned, runtime.clock.now())
+    except replay.ReplayError as exc:
+        raise BadRequest(str(exc)) from None
+    except StoreError:
+        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    if not dry_run:
+        runtime.wake_worker()
+    answer: dict[str, Any] = {"dry_run": dry_run, "events": events, "deliveries": deliveries}
+    if dry_run:
+        answer["plan"] = plan
+    return JSONResponse(answer, status_code=200 if dry_run else 202)
+
+
+async def list_deliveries(request: Request) -> Response:
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    try:
+        page = await runtime.store.list_deliveries(
+            params.get("status"), params.get("handler"), _limit(params), params.get("cursor"),
+            params.get("type"), _number(params, "since"),
+        )
+    except ValueError:
+        raise BadRequest("invalid cursor") from None
+    except StoreError:
+        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    return JSONResponse(page.model_dump(mode="json"))

@@ -1,0 +1,252 @@
+"""The `hookline` command: serve, check-config, migrate, events, send, schemas.
+
+Each verb is a small function over the same settings, store interface and pure helpers the
+server uses; none reaches into private tables or re-implements a rule of the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from app.config import Settings, demo_settings, load_settings, new_standard_secret
+from app.errors import ConfigError
+from app.store import EventFilter, StoreError, store_from_url
+
+DEMO_SECRET_FILE = Path("hookline-demo.secret")
+
+
+def _settings(path: str | None) -> Settings:
+    """The config file's settings, or the demo defaults (whose secret persists in a file)."""
+    if path is not None:
+        return load_settings(path)
+    settings = load_settings(None)
+    if settings.sources:
+        return settings
+    return settings.model_copy(update={"sources": demo_settings(_demo_secret()).sources})
+
+
+def _demo_secret() -> str:
+    if DEMO_SECRET_FILE.exists():
+        return DEMO_SECRET_FILE.read_text().strip()
+    secret = new_standard_secret()
+    DEMO_SECRET_FILE.touch(mode=0o600)
+    DEMO_SECRET_FILE.write_text(secret + "\n")
+    return secret
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.main import create_app
+
+    settings = _settings(args.config)
+    server = settings.server
+    if args.host or args.port is not None:
+        server = server.model_copy(
+            update={"host": args.host or server.host, "port": server.port if args.port is None else args.port}
+        )
+        settings = settings.model_copy(update={"server": server})
+    configure_logging(args.log_format or server.log_format)
+    if args.config is None:
+        print(
+            f"hookline: no --config given; demo source 'demo' (Standard Webhooks) with secret "
+            f"{settings.sources['demo'].auth.secrets[0].get_secret_value()}\n"
+            f"          kept in {DEMO_SECRET_FILE.resolve()}; try: hookline send demo "
+            "tests/samples/standard/file.processing_failed.json",
+            file=sys.stderr,
+            flush=True,
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=server.host,
+        port=server.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load_settings(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return 1
+    print("ok")
+    return 0
+
+
+async def _migrate(url: str) -> list[int]:
+    store = store_from_url(url)
+    await store.open()
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    asyncio.run(_migrate(settings.storage.url))
+    print("schema is up to date")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import httpx
+
+    from app import auth
+
+    settings = _settings(args.config)
+    source = settings.sources.get(args.source)
+    if source is None:
+        print(f"no source named {args.source!r} in the config", file=sys.stderr)
+        return 2
+    body = Path(args.file).read_bytes()
+    headers, query = auth.sign(source.auth, body, time.time(), f"msg_{os.urandom(8).hex()}")
+    headers["content-type"] = "application/json"
+    url = args.url or f"http://{settings.server.host}:{settings.server.port}/webhooks/{args.source}"
+    try:
+        response = httpx.post(url, content=body, headers=headers, params=query, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"could not reach {auth.redact_url(url)}: {exc}", file=sys.stderr)
+        return 1
+    print(response.status_code)
+    print(response.text)
+    return 0 if response.is_success else 1
+
+
+async def _list_events(settings: Settings, args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    try:
+        page = await store.list_events(
+            EventFilter(source=args.source, type=args.type), args.limit
+        )
+    finally:
+        await store.close()
+    table = Table()
+    for column in ("received", "id", "source", "type", "status", "job", "file"):
+        table.add_column(column, no_wrap=column in ("received", "id"))
+    for item in page.items:
+        received = datetime.fromtimestamp(item.received_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            received, item.id, item.source, item.type, item.status,
+            item.job_id or "", item.file_id or "",
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
+
+
+async def _show_event(settings: Settings, event_id: str) -> int:
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    try:
+        record = await store.get_event(event_id)
+    finally:
+        await store.close()
+    if record is None:
+        print(f"no event {event_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(record.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if args.events_verb == "show":
+        return asyncio.run(_show_event(settings, args.id))
+    asyncio.run(_list_events(settings, args))
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas import export_json_schemas
+
+    written = export_json_schemas(Path(args.dir))
+    print(f"wrote {len(written)} JSON Schema files to {args.dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookline", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    serve = verbs.add_parser("serve", help="run the receiver, API and workers")
+    serve.add_argument("--config", help="TOML config file (default: demo settings)")
+    serve.add_argument("--role", choices=["all", "receiver", "worker"], default="all")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-format", choices=["text", "json"])
+    serve.set_defaults(func=cmd_serve)
+
+    check = verbs.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    migrate = verbs.add_parser("migrate", help="apply pending store migrations")
+    migrate.add_argument("--config")
+    migrate.set_defaults(func=cmd_migrate)
+
+    send = verbs.add_parser("send", help="sign a sample as SOURCE expects and post it")
+    send.add_argument("source")
+    send.add_argument("file")
+    send.add_argument("--url", help="default: the configured server's /webhooks/SOURCE")
+    send.add_argument("--config")
+    send.set_defaults(func=cmd_send)
+
+    events = verbs.add_parser("events", help="read the event log")
+    events_verbs = events.add_subparsers(dest="events_verb", required=True)
+    listing = events_verbs.add_parser("list", help="newest events as a table")
+    listing.add_argument("--config")
+    listing.add_argument("--source")
+    listing.add_argument("--type", help="glob over the canonical type")
+    listing.add_argument("--limit", type=int, default=20)
+    show = events_verbs.add_parser("show", help="one event with its deliveries, as JSON")
+    show.add_argument("id")
+    show.add_argument("--config")
+    events.set_defaults(func=cmd_events)
+
+    schemas = verbs.add_parser("schemas", help="JSON Schemas of every event type")
+    schemas_verbs = schemas.add_subparsers(dest="schemas_verb", required=True)
+    export = schemas_verbs.add_parser("export", help="write one JSON Schema file per type")
+    export.add_argument("dir")
+    schemas.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print("invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"store unavailable: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Typed settings for hookline, loaded from one TOML file plus environment overrides.
+
+Everything an operator can set lives in `Settings`. Loading resolves every `*_env` indirection
+(so secrets can stay out of the file), applies `HOOKLINE_<SECTION>__<KEY>` overrides, and turns any
+problem into a `ConfigError` listing each bad key path with the reason, so a bad config fails at
+start and never later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets as secrets_module
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from app.errors import ConfigError
+
+Scheme = Literal["standard_webhooks", "hmac_sha256", "header_token", "query_token", "none"]
+Platform = Literal["alfred", "filecheck", "standard"]
+
+ENV_PREFIX = "HOOKLINE_"
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"
+    intake_queue: int = Field(default=4096, ge=1, description="events waiting for the writer")
+    batch_max: int = Field(default=256, ge=1, description="events written in one transaction")
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    retry_after_seconds: int = Field(default=1, ge=1)
+
+    @property
+    def on_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class StorageSettings(_Model):
+    url: str = "sqlite:///hookline.db"
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> StorageSettings:
+        if not self.url.startswith(("sqlite://", "postgresql://", "postgres://", "memory://")):
+            raise ValueError("url must start with sqlite://, postgresql:// or memory://")
+        return self
+
+
+class ApiToken(_Model):
+    name: str
+    token: SecretStr
+    scopes: list[Literal["read", "admin"]] = ["read"]
+
+
+class ApiSettings(_Model):
+    tokens: list[ApiToken] = []
+
+
+class AuthSettings(_Model):
+    scheme: Scheme
+    secrets: list[SecretStr] = []
+    header: str | None = None
+    tolerance_seconds: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthSettings:
+        if self.scheme != "none" and not self.secrets:
+            raise ValueError(f"scheme {self.scheme!r} needs secrets or secrets_env")
+        if self.scheme in ("hmac_sha256", "header_token") and not self.header:
+            raise ValueError(f"scheme {self.scheme!r} needs header")
+        if self.scheme == "standard_webhooks":
+            for secret in self.secrets:
+                if not _is_standard_secret(secret.get_secret_value()):
+                    raise ValueError("standard_webhooks secrets must be base64, optionally whsec_")
+        return self
+
+
+class RateLimit(_Model):
+    per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class SourceSettings(_Model):
+    platform: Platform
+    auth: AuthSettings
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY, ge=1)
+    unknown_events: Literal["reject", "accept"] = "reject"
+    rate_limit: RateLimit | None = None
+    stall_after_minutes: float = Field(default=30, gt=0)
+
+
+class RouteSettings(_Model):
+    match: str = Field(min_length=1)
+    handler: str
+    source: str | None = None
+    where: dict[str, Any] = {}
+
+
+class HandlerSettings(_Model):
+    use: str
+    options: dict[str, Any] = {}
+    max_attempts: int = Field(default=5, ge=1)
+    timeout_seconds: float = Field(default=30, gt=0)
+    backoff_base_seconds: float = Field(default=2, gt=0)
+    backoff_max_seconds: float = Field(default=3600, gt=0)
+    concurrency: int = Field(default=8, ge=1)
+
+
+class Settings(_Model):
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    api: ApiSettings = ApiSettings()
+    sources: dict[str, SourceSettings] = {}
+    routes: list[RouteSettings] = []
+    handlers: dict[str, HandlerSettings] = {}
+    retention_days: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        for name, source in self.sources.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"source name {name!r} may hold only letters, digits, _ and -")
+            if source.auth.scheme == "none" and not self.server.on_loopback:
+                raise ValueError(
+                    f"source {name!r} uses auth scheme 'none', allowed only on a loopback host"
+                )
+        for index, route in enumerate(self.routes):
+            if route.handler not in self.handlers:
+                raise ValueError(f"routes[{index}] names handler {route.handler!r}, not defined")
+            if route.source is not None and route.source not in self.sources:
+                raise ValueError(f"routes[{index}] names source {route.source!r}, not defined")
+        return self
+
+
+def _is_standard_secret(value: str) -> bool:
+    raw = value.removeprefix("whsec_")
+    return bool(re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", raw))
+
+
+def demo_settings(secret: str | None = None) -> Settings:
+    """Defaults plus a `demo` Standard Webhooks source, for `hookline serve` with no config."""
+    secret = secret or new_standard_secret()
+    source = SourceSettings(
+        platform="standard",
+        auth=AuthSettings(scheme="standard_webhooks", secrets=[SecretStr(secret)]),
+        unknown_events="accept",
+    )
+    return Settings(sources={"demo": source})
+
+
+def new_standard_secret() -> str:
+    """A fresh Standard Webhooks secret (`whsec_` + base64 of 24 random bytes)."""
+    import base64
+
+    return "whsec_" + base64.b64encode(secrets_module.token_bytes(24)).decode()
+
+
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, resolve and validate a config file; raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: no such file"]) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    return settings_from_mapping(raw, environ)
+
+
+def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Validate an already-parsed config mapping against `Settings`."""
+    problems: list[str] = []
+    data = _apply_overrides(dict(raw), environ, problems)
+    data = _resolve_env(data, (), environ, problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+
+
+def _apply_overrides(
+    data: dict[str, Any], environ: Mapping[str, str], problems: list[str]
+) -> dict[str, Any]:
+    # HOOKLINE_SERVER__PORT=9000 sets server.port; values are parsed as TOML when they can be.
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = name.removeprefix(ENV_PREFIX).lower().split("__")
+        if keys[0] not in Settings.model_fields or not all(keys):
+            continue
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                problems.append(f"{name}: {'.'.join(keys)} is not a table in the config")
+                break
+            node = child
+        else:
+            node[keys[-1]] = _parse_scalar(value)
+    return data
+
+
+def _parse_scalar(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _resolve_env(
+    node: Any, path: tuple[str | int, ...], environ: Mapping[str, str], problems: list[str]
+) -> Any:
+    """Replace every `<name>_env = "VAR"` by `<name> = <value of VAR>`, recursively."""
+    if isinstance(node, list):
+        return [_resolve_env(item, (*path, i), environ, problems) for i, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(key, str) and key.endswith("_env") and len(key) > 4:
+            target = key.removesuffix("_env")
+            where = _join((*path, key))
+            if not isinstance(value, str):
+                problems.append(f"{where}: must name an environment variable")
+            elif target in node:
+                problems.append(f"{where}: give either {target} or {key}, not both")
+            elif value not in environ:
+                problems.append(f"{where}: environment variable {value} is not set")
+            elif target == "secrets":
+                out[target] = [part.strip() for part in environ[value].split(",") if part.strip()]
+            else:
+                out[target] = environ[value]
+            continue
+        out[key] = _resolve_env(value, (*path, key), environ, problems)
+    return out
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    where = _join(loc) or "config"
+    kind = error["type"]
+    if kind == "literal_error":
+        allowed = error["ctx"]["expected"]
+        return f"{where}: must be one of {allowed}"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def _join(path: tuple[Any, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

@@ -1,0 +1,136 @@
+"""The `POST /webhooks/{source}` endpoint: limit, authenticate, parse, route, store, answer.
+
+Every step that can refuse a request runs before anything is written, each refusing with its
+own documented status; only then is the event handed to the intake, and the answer is sent only
+after the transaction holding it committed. The platform specifics live in `schemas/`, the
+signature checks in `app.auth` and the routing in `app.routing`: this module only sequences them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from app import auth
+from app.errors import (
+    InvalidJson,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    SchemaInvalid,
+    Unauthorized,
+    UnknownSource,
+    UnsupportedMediaType,
+)
+from app.ids import new_id
+from app.routing import handlers_for
+from app.runtime import Runtime
+from schemas import EventInvalid, Handshake, Incoming, parse_event
+from schemas.records import NewEvent
+
+
+async def receive_webhook(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    name = request.path_params["source"]
+    source = runtime.settings.sources.get(name)
+    if source is None:
+        raise UnknownSource(f"no source named {name!r}" if name.isprintable() else None)
+    note = request.scope["state"]["log"]
+    note["source"] = name
+
+    wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
+    if wait > 0:
+        raise RateLimited(headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    _check_content_type(request.headers.get("content-type", ""))
+    body = await _read_body(request, source.max_body_bytes, runtime.settings.server)
+
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+    query = dict(request.query_params)
+    now = runtime.clock.now()
+    if not auth.verify(source.auth, headers, query, body, now):
+        raise Unauthorized()
+
+    payload = _parse_json(body)
+    try:
+        parsed = parse_event(source.platform, Incoming(payload, headers), source.unknown_events)
+    except EventInvalid as exc:
+        details = [{"loc": list(d.loc), "msg": d.msg} for d in exc.details]
+        raise SchemaInvalid(details=details) from None
+    if isinstance(parsed, Handshake):
+        return JSONResponse({"challenge": parsed.challenge})
+    note["type"] = parsed.type
+
+    event = NewEvent(
+        id=new_id("evt", now),
+        source=name,
+        type=parsed.type,
+        dedupe_key=parsed.upstream_id,
+        received_at=now,
+        occurred_at=parsed.occurred_at,
+        body=body,
+        payload=payload,
+        headers=auth.strip_secret_headers(headers, source.auth),
+        query=auth.redact_query(request.scope["query_string"].decode("latin-1")),
+        job_id=parsed.job_id,
+        file_id=parsed.file_id,
+        company_id=parsed.company_id,
+        task_ids=parsed.task_ids,
+        handlers=handlers_for(runtime.routes, name, parsed.type, payload),
+    )
+    saved = await runtime.intake.submit(event)
+    note["event_id"] = saved.id
+    if saved.duplicate:
+        return JSONResponse({"id": saved.id, "duplicate": True}, status_code=200)
+    return JSONResponse({"id": saved.id, "type": parsed.type, "duplicate": False}, 202)
+
+
+def _check_content_type(value: str) -> None:
+    media = value.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaType()
+
+
+async def _read_body(request: Request, limit: int, server: Any) -> bytes:
+    declared = request.headers.get("content-length")
+    # The declared length refuses early; the running count below is what enforces the cap.
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(server.body_timeout_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout() from None
+    except ClientDisconnect:
+        raise RequestTimeout("client went away before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidJson("body is not UTF-8") from None
+    try:
+        payload = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidJson("body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidJson("body must be a JSON object")
+    return payload

@@ -1,0 +1,115 @@
+"""The ASGI application: explicit wiring of settings, store, clock, HTTP client and routes.
+
+`create_app(settings, store=None, clock=None, http=None, role="all")` builds everything from its
+arguments and loads the handlers (a bad one fails here, before anything starts). The lifespan
+opens the store, starts the intake writer, the worker and the scheduler ticks; on shutdown it
+stops them in the reverse order: the intake drains, in-flight deliveries finish or give their
+leases back, and only then is the store closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app import api, ingest
+from app.clock import Clock, SystemClock
+from app.config import Settings
+from app.http_errors import EXCEPTION_HANDLERS
+from app.logs import AccessLogMiddleware
+from app.runtime import Role, Runtime, default_http
+from app.scheduler import Maintenance, start_scheduler
+from app.store import Store, StoreError, store_from_url
+from app.worker import WorkerSettings
+
+log = logging.getLogger("hookline")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    try:
+        await runtime.store.ping()
+    except StoreError:
+        return JSONResponse(
+            {"status": "unavailable"}, status_code=503, headers={"Retry-After": "1"}
+        )
+    return JSONResponse({"status": "ready"})
+
+
+ROUTES = [
+    Route("/webhooks/{source}", ingest.receive_webhook, methods=["POST"]),
+    Route("/api/events", api.list_events, methods=["GET"]),
+    Route("/api/events/{event_id}", api.get_event, methods=["GET"]),
+    Route("/api/events/{event_id}/replay", api.replay_event, methods=["POST"]),
+    Route("/api/replay", api.replay_many, methods=["POST"]),
+    Route("/api/deliveries", api.list_deliveries, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]
+
+
+def create_app(
+    settings: Settings,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    http: httpx.AsyncClient | None = None,
+    role: Role = "all",
+    worker_settings: WorkerSettings | None = None,
+) -> Starlette:
+    """Build the app; nothing is opened until the lifespan starts."""
+    runtime = Runtime(
+        settings=settings,
+        store=store or store_from_url(settings.storage.url),
+        clock=clock or SystemClock(),
+        http=http or default_http(),
+        role=role,
+        worker_settings=worker_settings or WorkerSettings(),
+    )
+    owns_http = http is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.store.open()
+        runtime.intake.start()
+        background = runtime.worker is not None and runtime.worker.settings.background
+        if background:
+            runtime.worker.start()  # type: ignore[union-attr]
+        ticks = None
+        if background:
+            ticks = start_scheduler(
+                Maintenance(runtime.store, runtime.clock, runtime.worker, settings.retention_days)
+            )
+        if not settings.api.tokens and settings.server.on_loopback:
+            log.warning("no [[api.tokens]] configured: the read API is open on loopback")
+        try:
+            yield
+        finally:
+            if ticks is not None:
+                ticks.shutdown(wait=False)
+            await runtime.intake.stop()
+            if runtime.worker is not None:
+                await runtime.worker.stop()
+            if owns_http:
+                await runtime.http.aclose()
+            await runtime.store.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(AccessLogMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app

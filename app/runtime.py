@@ -1,0 +1,73 @@
+"""Everything one running hookline shares, built once from the settings and passed explicitly.
+
+Endpoints reach it as `request.app.state.runtime`; there are no module-level globals holding
+connections, so two apps (say, in one test) never share a store by accident. Handlers are loaded
+and validated here, when the app is built, so a bad handler stops the server before it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from app.clock import Clock
+from app.config import Settings
+from app.errors import ConfigError
+from app.intake import Intake
+from app.ratelimit import RateLimiter
+from app.routing import Route, compile_routes
+from app.store import Store
+from app.worker import Worker, WorkerSettings
+from handlers.registry import HandlerLoadError, LoadedHandler, load_handlers
+
+Role = Literal["all", "receiver", "worker"]
+
+
+def default_http() -> httpx.AsyncClient:
+    """The shared outbound client: bounded timeouts and pool, no redirects followed."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+        headers={"user-agent": "hookline"},
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    clock: Clock
+    http: httpx.AsyncClient
+    role: Role = "all"
+    worker_settings: WorkerSettings = field(default_factory=WorkerSettings)
+    intake: Intake = field(init=False)
+    rate_limiter: RateLimiter = field(init=False)
+    routes: tuple[Route, ...] = field(init=False)
+    handlers: dict[str, LoadedHandler] = field(init=False)
+    worker: Worker | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        server = self.settings.server
+        self.intake = Intake(
+            self.store, server.intake_queue, server.batch_max, server.retry_after_seconds
+        )
+        self.rate_limiter = RateLimiter(
+            {name: source.rate_limit for name, source in self.settings.sources.items()}
+        )
+        self.routes = compile_routes(self.settings.routes)
+        try:
+            self.handlers = load_handlers(self.settings.handlers)
+        except HandlerLoadError as exc:
+            raise ConfigError(exc.problems) from None
+        if self.role in ("all", "worker"):
+            self.worker = Worker(
+                self.store, self.handlers, self.http, self.clock, self.worker_settings
+            )
+            self.intake.on_commit(self.worker.wake)
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()

@@ -1,0 +1,166 @@
+"""The storage interface: named operations every backend implements, and the factory.
+
+Endpoints, workers and the CLI talk to a `Store` and never to SQL. `store_from_url` picks the
+backend by URL scheme and imports it lazily, so the PostgreSQL driver is loaded only when a
+`postgresql://` URL asks for it.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from schemas.records import DeliveryPage, EventPage, EventRecord, NewEvent, Saved
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (unreachable, disk full, read-only, locked)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Filters of `list_events`; `type` is a glob over the canonical type."""
+
+    source: str | None = None
+    type: str | None = None
+    status: str | None = None
+    job_id: str | None = None
+    file_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery leased to one worker for one attempt, with the event it carries."""
+
+    delivery_id: str
+    handler: str
+    attempt: int
+    event: EventRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """How one attempt ended and what the retry decision made of it."""
+
+    delivery_id: str
+    owner: str
+    attempt: int
+    ended_at: float
+    outcome: str
+    status: str
+    next_attempt_at: float | None = None
+    error: str | None = None
+    http_status: int | None = None
+
+
+class Store(abc.ABC):
+    """Durable event log. Every method raises StoreError when the backend fails."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+
+    @abc.abstractmethod
+    async def save_events(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
+        """Write events and their deliveries in one transaction, deduplicating on
+        (source, dedupe_key). One result per event, in order; a row that cannot be written gets
+        a StoreError without undoing the others."""
+
+    @abc.abstractmethod
+    async def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_events(
+        self, filters: EventFilter, limit: int, cursor: str | None = None
+    ) -> EventPage:
+        """Newest first, keyset-paginated by an opaque cursor."""
+
+
+    # Dispatch: deliveries, leases and attempts.
+
+    @abc.abstractmethod
+    async def claim_due(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[Claim]:
+        """Lease up to `limit` deliveries that are due (or whose lease expired) to `owner`,
+        counting an attempt for each; oldest due first."""
+
+    @abc.abstractmethod
+    async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:
+        """Record attempt outcomes and the deliveries' next state. False for a delivery whose
+        lease `owner` no longer holds (its outcome is kept on the attempt, the state is not)."""
+
+    @abc.abstractmethod
+    async def release(self, owner: str, delivery_ids: Sequence[str], now: float) -> int:
+        """Give leased deliveries back, due now, their unfinished attempt not counted."""
+
+    @abc.abstractmethod
+    async def reap_expired(self, now: float) -> int:
+        """Make deliveries whose lease expired due again; their attempt is marked lost."""
+
+    @abc.abstractmethod
+    async def next_due_at(self) -> float | None:
+        """When the earliest pending delivery is due, if any."""
+
+    @abc.abstractmethod
+    async def add_deliveries(self, event_id: str, handlers: Sequence[str], now: float) -> list[str]:
+        """Fresh pending deliveries of an existing event (replay); their ids."""
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self,
+        status: str | None,
+        handler: str | None,
+        limit: int,
+        cursor: str | None = None,
+        event_type: str | None = None,
+        since: float | None = None,
+    ) -> DeliveryPage:
+        """Deliveries newest first, keyset-paginated."""
+
+    @abc.abstractmethod
+    async def prune(self, before: float) -> int:
+        """Delete events received before `before`, with their deliveries and attempts."""
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raise ValueError for a cursor this store did not hand out."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+    if not text.startswith("s") or not text[1:].isdigit():
+        raise ValueError("invalid cursor")
+    return int(text[1:])
+
+
+def store_from_url(url: str) -> Store:
+    """The backend for a storage URL: sqlite:///path, or postgresql://..."""
+    if url.startswith("sqlite://"):
+        from app.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
+    if url.startswith(("postgresql://", "postgres://")):
+        from app.store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+
+        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
+    raise StoreError(f"unsupported storage URL scheme in {url.split(':', 1)[0]!r}")

@@ -1,0 +1,534 @@
+"""The SQLite backend (aiosqlite, WAL): the embedded default.
+
+One connection writes and one reads, so readers never wait for the writer (WAL). Writes come in
+batches from the intake's single writer: the whole batch goes in one transaction with
+`synchronous=FULL`, so a commit is on disk before anyone is told it succeeded. If any row of a
+batch fails, the batch is redone row by row under savepoints, so one bad row never undoes
+another request's row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Any
+
+import aiosqlite
+
+from app.ids import new_id
+from app.store.base import (
+    Claim,
+    EventFilter,
+    Finished,
+    Store,
+    StoreError,
+    decode_cursor,
+    encode_cursor,
+)
+from schemas.records import (
+    AttemptRecord,
+    DeliveryPage,
+    DeliveryRecord,
+    EventPage,
+    EventRecord,
+    NewEvent,
+    Saved,
+)
+
+_INSERT_EVENT = """
+INSERT INTO events (id, source, type, dedupe_key, status, received_at, occurred_at, job_id,
+                    file_id, company_id, task_ids, headers, query, payload, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (source, dedupe_key) DO NOTHING
+"""
+_INSERT_DELIVERY = """
+INSERT INTO deliveries (id, event_id, handler, status, attempts, next_attempt_at, created_at,
+                        updated_at)
+VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)
+"""
+_EVENT_COLUMNS = (
+    "seq, id, source, type, dedupe_key, status, received_at, occurred_at, job_id, file_id, "
+    "company_id, task_ids"
+)
+_SQLITE_ERRORS = (sqlite3.Error, OverflowError, ValueError)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("app.store") / "migrations" / "sqlite"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # One connection writes; transactions on it must not interleave across awaits.
+        self._tx = asyncio.Lock()
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def open(self) -> None:
+        try:
+            self._writer = await self._connect()
+            await self.migrate()
+            self._reader = await self._connect()
+        except _SQLITE_ERRORS as exc:
+            await self.close()
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreError("store is not open")
+        return self._writer
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("store is not open")
+        return self._reader
+
+    async def migrate(self) -> list[int]:
+        conn = self.writer
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL DEFAULT (unixepoch()))"
+        )
+        rows = await conn.execute_fetchall("SELECT version FROM schema_migrations")
+        done = {row[0] for row in rows}
+        applied = []
+        for version, sql in _migrations():
+            if version in done:
+                continue
+            # executescript commits first, so the script carries its own transaction.
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\n"
+                f"INSERT INTO schema_migrations (version) VALUES ({version});\nCOMMIT;"
+            )
+            applied.append(version)
+        return applied
+
+    async def ping(self) -> None:
+        try:
+            await self.reader.execute_fetchall("SELECT 1 FROM schema_migrations LIMIT 1")
+        except _SQLITE_ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def save_events(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
+        async with self._tx:
+            return await self._save_events(self.writer, events)
+
+    async def _save_events(
+        self, conn: aiosqlite.Connection, events: Sequence[NewEvent]
+    ) -> list[Saved | StoreError]:
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            await conn.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+            results: list[Saved | StoreError] = list(await self._resolve(conn, events))
+            await self._insert_deliveries(conn, events, results)
+            await conn.commit()
+            return results
+        except _SQLITE_ERRORS:
+            await _rollback(conn)
+        return await self._save_one_by_one(conn, events)
+
+    async def _save_one_by_one(
+        self, conn: aiosqlite.Connection, events: Sequence[NewEvent]
+    ) -> list[Saved | StoreError]:
+        results: list[Saved | StoreError] = []
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            for event in events:
+                try:
+                    await conn.execute("SAVEPOINT one")
+                    await conn.execute(_INSERT_EVENT, _event_row(event))
+                    [saved] = await self._resolve(conn, [event])
+                    await self._insert_deliveries(conn, [event], [saved])
+                    await conn.execute("RELEASE one")
+                    results.append(saved)
+                except _SQLITE_ERRORS as exc:
+                    await conn.execute("ROLLBACK TO one")
+                    await conn.execute("RELEASE one")
+                    results.append(StoreError(f"event not stored: {exc}"))
+            await conn.commit()
+        except _SQLITE_ERRORS as exc:
+            await _rollback(conn)
+            return [StoreError(f"batch not stored: {exc}") for _ in events]
+        return results
+
+    async def _resolve(
+        self, conn: aiosqlite.Connection, events: Sequence[NewEvent]
+    ) -> list[Saved]:
+        """Tell new rows from duplicates: a row whose id is not in the table lost to a
+        dedupe conflict, and the first event's id is looked up by its key."""
+        marks = ",".join("?" * len(events))
+        rows = await conn.execute_fetchall(
+            f"SELECT id FROM events WHERE id IN ({marks})", [e.id for e in events]
+        )
+        inserted = {row[0] for row in rows}
+        results = []
+        for event in events:
+            if event.id in inserted:
+                results.append(Saved(event.id, duplicate=False))
+                continue
+            first = await conn.execute_fetchall(
+                "SELECT id FROM events WHERE source = ? AND dedupe_key = ?",
+                (event.source, event.dedupe_key),
+            )
+            results.append(Saved(first[0][0], duplicate=True))
+        return results
+
+    async def _insert_deliveries(
+        self,
+        conn: aiosqlite.Connection,
+        events: Sequence[NewEvent],
+        results: Sequence[Saved | StoreError],
+    ) -> None:
+        rows = [
+            (new_id("dlv", e.received_at), e.id, handler, e.received_at, e.received_at,
+             e.received_at)
+            for e, saved in zip(events, results, strict=True)
+            if isinstance(saved, Saved) and not saved.duplicate
+            for handler in e.handlers
+        ]
+        if rows:
+            await conn.executemany(_INSERT_DELIVERY, rows)
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        try:
+            rows = await self.reader.execute_fetchall(
+                f"SELECT {_EVENT_COLUMNS}, headers, query, payload FROM events WHERE id = ?",
+                (event_id,),
+            )
+            if not rows:
+                return None
+            record = _event_record(rows[0], detail=True)
+            record.deliveries = await self._deliveries(event_id)
+            return record
+        except _SQLITE_ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def _deliveries(self, event_id: str) -> list[DeliveryRecord]:
+        rows = await self.reader.execute_fetchall(
+            "SELECT * FROM deliveries WHERE event_id = ? ORDER BY created_at, handler",
+            (event_id,),
+        )
+        deliveries = [_delivery_record(row) for row in rows]
+        for delivery in deliveries:
+            attempts = await self.reader.execute_fetchall(
+                "SELECT number, started_at, ended_at, outcome, error, http_status "
+                "FROM attempts WHERE delivery_id = ? ORDER BY number",
+                (delivery.id,),
+            )
+            delivery.attempt_log = [AttemptRecord(**dict(row)) for row in attempts]
+        return deliveries
+
+    async def list_events(
+        self, filters: EventFilter, limit: int, cursor: str | None = None
+    ) -> EventPage:
+        where, params = _event_where(filters)
+        if cursor is not None:
+            where.append("seq < ?")
+            params.append(decode_cursor(cursor))
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit + 1)
+        try:
+            rows = await self.reader.execute_fetchall(sql, params)
+        except _SQLITE_ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+        items = [_event_record(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        return EventPage(items=items, next_cursor=next_cursor)
+
+    # Dispatch.
+
+    async def _write(self, sql_steps: Any) -> Any:
+        """Run `sql_steps(conn)` in one write transaction under the writer lock."""
+        async with self._tx:
+            conn = self.writer
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                result = await sql_steps(conn)
+                await conn.commit()
+                return result
+            except _SQLITE_ERRORS as exc:
+                await _rollback(conn)
+                raise StoreError(str(exc)) from exc
+
+    async def claim_due(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[Claim]:
+        async def steps(conn: aiosqlite.Connection) -> list[Claim]:
+            rows = await conn.execute_fetchall(_DUE, (now, limit, now, limit, limit))
+            ids = [row[0] for row in rows]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            await conn.execute(
+                f"UPDATE attempts SET outcome = 'lost', ended_at = ?, error = 'lease expired' "
+                f"WHERE outcome = 'running' AND delivery_id IN ({marks})",
+                (now, *ids),
+            )
+            await conn.execute(
+                f"UPDATE deliveries SET status = 'running', lease_owner = ?, "
+                f"lease_expires_at = ?, attempts = attempts + 1, updated_at = ? "
+                f"WHERE id IN ({marks})",
+                (owner, now + lease_seconds, now, *ids),
+            )
+            await conn.execute(
+                f"INSERT INTO attempts (delivery_id, number, started_at, outcome) "
+                f"SELECT id, attempts, ?, 'running' FROM deliveries WHERE id IN ({marks})",
+                (now, *ids),
+            )
+            claimed = await conn.execute_fetchall(
+                f"SELECT d.id AS delivery_id, d.handler, d.attempts, {_EVENT_COLUMNS_E}, "
+                f"e.headers, e.query, e.payload, e.body FROM deliveries d "
+                f"JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks})",
+                ids,
+            )
+            order = {delivery_id: n for n, delivery_id in enumerate(ids)}
+            claims = [
+                Claim(row["delivery_id"], row["handler"], row["attempts"],
+                      _event_record(row, detail=True))
+                for row in claimed
+            ]
+            return sorted(claims, key=lambda c: order[c.delivery_id])
+
+        result: list[Claim] = await self._write(steps)
+        return result
+
+    async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:
+        async def steps(conn: aiosqlite.Connection) -> list[bool | StoreError]:
+            held: list[bool | StoreError] = []
+            for r in results:
+                await conn.execute(
+                    "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, http_status = ? "
+                    "WHERE delivery_id = ? AND number = ?",
+                    (r.ended_at, r.outcome, r.error, r.http_status, r.delivery_id, r.attempt),
+                )
+                cursor = await conn.execute(
+                    "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_owner = NULL, "
+                    "lease_expires_at = NULL, last_error = ?, updated_at = ? "
+                    "WHERE id = ? AND lease_owner = ? AND attempts = ? AND status = 'running'",
+                    (r.status, r.next_attempt_at, r.error, r.ended_at, r.delivery_id, r.owner,
+                     r.attempt),
+                )
+                held.append(cursor.rowcount == 1)
+            await _refresh_event_status(conn, [r.delivery_id for r in results])
+            return held
+
+        outcome: list[bool | StoreError] = await self._write(steps)
+        return outcome
+
+    async def release(self, owner: str, delivery_ids: Sequence[str], now: float) -> int:
+        if not delivery_ids:
+            return 0
+        marks = ",".join("?" * len(delivery_ids))
+
+        async def steps(conn: aiosqlite.Connection) -> int:
+            await conn.execute(
+                f"DELETE FROM attempts WHERE outcome = 'running' AND delivery_id IN "
+                f"(SELECT id FROM deliveries WHERE lease_owner = ? AND id IN ({marks}))",
+                (owner, *delivery_ids),
+            )
+            cursor = await conn.execute(
+                f"UPDATE deliveries SET status = 'pending', attempts = attempts - 1, "
+                f"next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
+                f"updated_at = ? WHERE lease_owner = ? AND status = 'running' AND id IN ({marks})",
+                (now, now, owner, *delivery_ids),
+            )
+            return cursor.rowcount
+
+        released: int = await self._write(steps)
+        return released
+
+    async def reap_expired(self, now: float) -> int:
+        async def steps(conn: aiosqlite.Connection) -> int:
+            await conn.execute(
+                "UPDATE attempts SET outcome = 'lost', ended_at = ?, error = 'lease expired' "
+                "WHERE outcome = 'running' AND delivery_id IN (SELECT id FROM deliveries "
+                "WHERE status = 'running' AND lease_expires_at <= ?)",
+                (now, now),
+            )
+            cursor = await conn.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                "WHERE status = 'running' AND lease_expires_at <= ?",
+                (now, now, now),
+            )
+            return cursor.rowcount
+
+        reaped: int = await self._write(steps)
+        return reaped
+
+    async def next_due_at(self) -> float | None:
+        try:
+            rows = await self.reader.execute_fetchall(
+                "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM deliveries "
+                "WHERE status = 'pending' UNION ALL SELECT min(lease_expires_at) FROM deliveries "
+                "WHERE status = 'running')"
+            )
+        except _SQLITE_ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+        value = rows[0][0]
+        return None if value is None else float(value)
+
+    async def add_deliveries(
+        self, event_id: str, handlers: Sequence[str], now: float
+    ) -> list[str]:
+        ids = [new_id("dlv", now) for _ in handlers]
+
+        async def steps(conn: aiosqlite.Connection) -> list[str]:
+            await conn.executemany(
+                _INSERT_DELIVERY,
+                [(i, event_id, handler, now, now, now) for i, handler in zip(ids, handlers, strict=True)],
+            )
+            await conn.execute("UPDATE events SET status = 'pending' WHERE id = ?", (event_id,))
+            return ids
+
+        added: list[str] = await self._write(steps)
+        return added
+
+    async def list_deliveries(
+        self,
+        status: str | None,
+        handler: str | None,
+        limit: int,
+        cursor: str | None = None,
+        event_type: str | None = None,
+        since: float | None = None,
+    ) -> DeliveryPage:
+        clauses: list[tuple[str, Any]] = [
+            ("d.status = ?", status),
+            ("d.handler = ?", handler),
+            ("e.type GLOB ?", event_type),
+            ("e.received_at >= ?", since),
+            ("d.seq < ?", decode_cursor(cursor) if cursor else None),
+        ]
+        used = [(sql, value) for sql, value in clauses if value is not None]
+        sql = "SELECT d.*, e.type AS event_type FROM deliveries d JOIN events e ON e.id = d.event_id"
+        if used:
+            sql += " WHERE " + " AND ".join(clause for clause, _ in used)
+        sql += " ORDER BY d.seq DESC LIMIT ?"
+        try:
+            rows = await self.reader.execute_fetchall(sql, [v for _, v in used] + [limit + 1])
+        except _SQLITE_ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+        items = [_delivery_record(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        return DeliveryPage(items=items, next_cursor=next_cursor)
+
+    async def prune(self, before: float) -> int:
+        async def steps(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute("DELETE FROM events WHERE received_at < ?", (before,))
+            return cursor.rowcount
+
+        pruned: int = await self._write(steps)
+        return pruned
+
+
+_DUE = """
+SELECT id FROM (
+    SELECT id, next_attempt_at AS due FROM deliveries
+    WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?
+) UNION ALL SELECT id FROM (
+    SELECT id, lease_expires_at AS due FROM deliveries
+    WHERE status = 'running' AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?
+) LIMIT ?
+"""
+
+_EVENT_COLUMNS_E = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
+
+_REFRESH_STATUS = """
+UPDATE events SET status = CASE
+    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+                 AND d.status IN ('pending', 'running')) THEN 'pending'
+    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'dead'
+                 AND NOT EXISTS (SELECT 1 FROM deliveries s WHERE s.event_id = d.event_id
+                                 AND s.handler = d.handler AND s.status = 'succeeded'
+                                 AND s.seq > d.seq)) THEN 'failed'
+    ELSE 'delivered' END
+WHERE id IN (SELECT event_id FROM deliveries WHERE id IN ({marks}))
+"""
+
+
+async def _refresh_event_status(conn: aiosqlite.Connection, delivery_ids: Sequence[str]) -> None:
+    if delivery_ids:
+        marks = ",".join("?" * len(delivery_ids))
+        await conn.execute(_REFRESH_STATUS.format(marks=marks), list(delivery_ids))
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.rollback()
+    except _SQLITE_ERRORS:
+        pass
+
+
+def _event_row(e: NewEvent) -> tuple[Any, ...]:
+    return (
+        e.id, e.source, e.type, e.dedupe_key, "pending" if e.handlers else "unrouted",
+        e.received_at, e.occurred_at, e.job_id, e.file_id, e.company_id,
+        json.dumps(list(e.task_ids)), json.dumps(e.headers), e.query, e.payload_json(), e.body,
+    )
+
+
+def _event_where(filters: EventFilter) -> tuple[list[str], list[Any]]:
+    clauses: list[tuple[str, Any]] = [
+        ("source = ?", filters.source),
+        ("type GLOB ?", filters.type),
+        ("status = ?", filters.status),
+        ("job_id = ?", filters.job_id),
+        ("file_id = ?", filters.file_id),
+        ("received_at >= ?", filters.since),
+        ("received_at < ?", filters.until),
+    ]
+    used = [(sql, value) for sql, value in clauses if value is not None]
+    return [sql for sql, _ in used], [value for _, value in used]
+
+
+def _event_record(row: sqlite3.Row, detail: bool = False) -> EventRecord:
+    extra: dict[str, Any] = {}
+    if detail:
+        extra = {
+            "headers": json.loads(row["headers"]),
+            "query": row["query"],
+            "payload": json.loads(row["payload"]),
+        }
+        if "body" in row.keys():
+            extra["body"] = row["body"]
+    return EventRecord(
+        id=row["id"], source=row["source"], type=row["type"], upstream_id=row["dedupe_key"],
+        status=row["status"], received_at=row["received_at"], occurred_at=row["occurred_at"],
+        job_id=row["job_id"], file_id=row["file_id"], company_id=row["company_id"],
+        task_ids=json.loads(row["task_ids"]), **extra,
+    )
+
+
+def _delivery_record(row: sqlite3.Row) -> DeliveryRecord:
+    keys: Iterable[str] = DeliveryRecord.model_fields.keys() & set(row.keys())
+    return DeliveryRecord(**{key: row[key] for key in keys})

@@ -1,0 +1,267 @@
+"""The worker: claim due deliveries with a lease, run each handler in isolation, record attempts.
+
+Each claimed delivery runs in its own task under its handler's timeout and concurrency limit;
+whatever it does (returns, raises, hangs) becomes one attempt whose outcome goes through the
+pure retry decision and is recorded in batches (one transaction for many outcomes). A handler's
+failure never reaches another delivery. On stop the worker claims nothing more, lets in-flight
+handlers finish within a grace period and gives back the leases of the rest, so nothing waits
+for a lease to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from app.batching import Batcher
+from app.clock import Clock
+from app.retry import Decision, Outcome, RetryPolicy, decide
+from app.store import Store, StoreError
+from app.store.base import Claim, Finished
+from handlers import Context, Permanent, Retry
+from handlers.registry import LoadedHandler
+
+log = logging.getLogger("hookline.worker")
+
+ERROR_TEXT_MAX = 2000
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 64
+    claim_batch: int = 256
+    idle_poll_seconds: float = 5.0
+    shutdown_grace_seconds: float = 10.0
+    lease_margin_seconds: float = 60.0
+    background: bool = True
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: Outcome
+    error: str | None = None
+    http_status: int | None = None
+    retry_after: float | None = None
+
+
+def _trim(text: str) -> str:
+    return text if len(text) <= ERROR_TEXT_MAX else text[: ERROR_TEXT_MAX - 1] + "…"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+def classify(exc: BaseException) -> AttemptResult:
+    """What one exception out of a handler means for its delivery."""
+    if isinstance(exc, Permanent):
+        return AttemptResult("permanent", _trim(exc.reason), exc.http_status)
+    if isinstance(exc, Retry):
+        return AttemptResult("transient", _trim(str(exc)), exc.http_status, exc.after)
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        return AttemptResult(
+            "transient", _trim(f"HTTP {response.status_code} from {exc.request.url.host}"),
+            response.status_code, _retry_after(response),
+        )
+    return AttemptResult("transient", _trim(f"{type(exc).__name__}: {exc}"))
+
+
+class Worker:
+    """Runs deliveries for the handlers it was given."""
+
+    def __init__(
+        self,
+        store: Store,
+        handlers: Mapping[str, LoadedHandler],
+        http: httpx.AsyncClient,
+        clock: Clock,
+        settings: WorkerSettings | None = None,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.handlers = handlers
+        self.http = http
+        self.clock = clock
+        self.settings = settings or WorkerSettings()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._rand = rand or random.Random()
+        self._limits = {
+            name: asyncio.Semaphore(h.settings.concurrency) for name, h in handlers.items()
+        }
+        longest = max((h.settings.timeout_seconds for h in handlers.values()), default=30.0)
+        self.lease_seconds = longest + self.settings.lease_margin_seconds
+        self._inflight: dict[asyncio.Task[None], Claim] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._outcomes: Batcher[Finished, bool] = Batcher(
+            self.store.finish, maxsize=100_000, batch_max=512, name="hookline-outcomes"
+        )
+
+    # Lifecycle.
+
+    def start(self) -> None:
+        self._outcomes.start()
+        self._loop_task = asyncio.create_task(self._loop(), name="hookline-worker")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; let in-flight deliveries finish within the grace; release the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=self.settings.shutdown_grace_seconds)
+        unfinished = {task: claim for task, claim in self._inflight.items() if not task.done()}
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
+        await self._outcomes.stop()
+        if unfinished:
+            ids = [claim.delivery_id for claim in unfinished.values()]
+            with contextlib.suppress(StoreError):
+                released = await self.store.release(self.owner, ids, self.clock.now())
+                log.info("released %d unfinished deliveries", released)
+
+    # Claiming.
+
+    async def run_once(self) -> int:
+        """Claim what is due now, run it all to the end and record the outcomes."""
+        started = not self._outcomes.running
+        if started:
+            self._outcomes.start()
+        claims = await self._claim(self.settings.claim_batch)
+        tasks = [self._spawn(claim) for claim in claims]
+        if tasks:
+            await asyncio.wait(tasks)
+        if started:
+            await self._outcomes.stop()
+        return len(claims)
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        return await self.store.claim_due(self.owner, self.clock.now(), self.lease_seconds, limit)
+
+    async def _loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            room = min(self.settings.concurrency - len(self._inflight), self.settings.claim_batch)
+            claims: list[Claim] = []
+            if room > 0:
+                try:
+                    claims = await self._claim(room)
+                    failures = 0
+                except StoreError as exc:
+                    failures += 1
+                    log.warning("cannot claim deliveries (store unavailable): %s", exc)
+                    await self._idle(min(30.0, 0.5 * 2**failures))
+                    continue
+            for claim in claims:
+                self._spawn(claim)
+            if claims and len(claims) == room:
+                continue  # there may be more due
+            await self._idle(await self._until_next_due())
+
+    async def _until_next_due(self) -> float:
+        try:
+            due = await self.store.next_due_at()
+        except StoreError:
+            return self.settings.idle_poll_seconds
+        if due is None:
+            return self.settings.idle_poll_seconds
+        return max(0.0, min(self.settings.idle_poll_seconds, due - self.clock.now()))
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    # Running one delivery.
+
+    def _spawn(self, claim: Claim) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(claim), name=f"delivery-{claim.delivery_id}")
+        self._inflight[task] = claim
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+        self._wake.set()
+
+    async def _run(self, claim: Claim) -> None:
+        loaded = self.handlers.get(claim.handler)
+        if loaded is None:
+            result = AttemptResult("permanent", f"no handler named {claim.handler!r} is configured")
+        else:
+            async with self._limits[claim.handler]:
+                result = await self._attempt(loaded, claim)
+        policy = self._policy(loaded)
+        now = self.clock.now()
+        decision: Decision = decide(
+            result.outcome, claim.attempt, policy, now, self._rand.random(), result.retry_after
+        )
+        error = result.error
+        if decision.status == "dead" and decision.reason and result.outcome != "permanent":
+            error = f"{error} ({decision.reason})" if error else decision.reason
+        log.info(
+            "delivery %s", decision.status,
+            extra={"fields": {"delivery_id": claim.delivery_id, "handler": claim.handler,
+                              "event_id": claim.event.id, "attempt": claim.attempt,
+                              "outcome": result.outcome, "error": error}},
+        )
+        finished = Finished(
+            delivery_id=claim.delivery_id, owner=self.owner, attempt=claim.attempt,
+            ended_at=now, outcome=result.outcome, status=decision.status,
+            next_attempt_at=decision.next_attempt_at, error=error,
+            http_status=result.http_status,
+        )
+        try:
+            await self._outcomes.submit(finished)
+        except Exception as exc:  # the lease will expire and the delivery run again
+            log.error("outcome of %s not recorded: %s", claim.delivery_id, exc)
+
+    def _policy(self, loaded: LoadedHandler | None) -> RetryPolicy:
+        if loaded is None:
+            return RetryPolicy(max_attempts=1)
+        s = loaded.settings
+        return RetryPolicy(s.max_attempts, s.backoff_base_seconds, s.backoff_max_seconds)
+
+    async def _attempt(self, loaded: LoadedHandler, claim: Claim) -> AttemptResult:
+        ctx = Context(
+            http=self.http,
+            options=loaded.options,
+            log=logging.LoggerAdapter(
+                logging.getLogger(f"hookline.handler.{loaded.name}"),
+                {"delivery_id": claim.delivery_id},
+            ),
+            clock=self.clock,
+            handler_name=loaded.name,
+            attempt=claim.attempt,
+        )
+        timeout = loaded.settings.timeout_seconds
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                await loaded.handler.handle(claim.event, ctx)
+        except TimeoutError:
+            if scope.expired():
+                return AttemptResult("timeout", f"handler did not finish within {timeout:g} s")
+            return classify(TimeoutError("timed out"))
+        except Exception as exc:
+            return classify(exc)
+        return AttemptResult("succeeded")

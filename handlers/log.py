@@ -1,0 +1,21 @@
+"""The `log` handler: writes one line per event; useful as a first route and in tests."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from handlers import Context, Event
+
+
+class LogHandler:
+    name = "log"
+
+    class Options(BaseModel):
+        level: str = "info"
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        level = getattr(ctx.options, "level", "info").upper()
+        ctx.log.log(
+            getattr(__import__("logging"), level, 20),
+            "event %s %s from %s", event.id, event.type, event.source,
+        )

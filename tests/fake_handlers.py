@@ -1,0 +1,86 @@
+"""Handlers for dispatch tests, referenced from config as "fake_handlers:NAME"."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from handlers import Context, Event, Permanent, Retry
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        self.calls.append((event.id, ctx.attempt))
+
+
+class Flaky:
+    """Fails `failures` times (transiently), then succeeds."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.failures = 2
+        self.calls = 0
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError(f"upstream down (call {self.calls})")
+
+
+class AskLater:
+    name = "ask_later"
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        raise Retry(after=30, reason="busy")
+
+
+class Refuses:
+    name = "refuses"
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        raise Permanent("file was rejected upstream")
+
+
+class Hangs:
+    name = "hangs"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.others_done_before_timeout: bool | None = None
+        self.watch: Recorder | None = None
+        self.release: asyncio.Event | None = None
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        self.started.set()
+        try:
+            await (self.release or asyncio.Event()).wait()
+        finally:
+            if self.watch is not None:
+                self.others_done_before_timeout = bool(self.watch.calls)
+
+
+class Garbage:
+    name = "garbage"
+
+    async def handle(self, event: Event, ctx: Context) -> Any:
+        return {"not": "None"}
+
+
+recorder = Recorder()
+flaky = Flaky()
+ask_later = AskLater()
+refuses = Refuses()
+hangs = Hangs()
+garbage = Garbage()
+
+
+def reset() -> None:
+    recorder.calls.clear()
+    flaky.failures, flaky.calls = 2, 0
+    hangs.__init__()  # type: ignore[misc]

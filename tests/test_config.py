@@ -1,0 +1,103 @@
+"""Settings: defaults, *_env indirection, env overrides and error messages with key paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, Settings, load_settings, settings_from_mapping
+
+EXAMPLE = Path(__file__).parents[1] / "config.example.toml"
+
+
+def problems(raw: dict, environ: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw, environ or {})
+    return info.value.problems
+
+
+def test_defaults_need_no_config() -> None:
+    settings = load_settings(None, environ={})
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8000)
+    assert settings.storage.url == "sqlite:///hookline.db"
+    assert settings.retention_days == 30
+
+
+def test_example_config_is_valid() -> None:
+    environ = {
+        "ALFRED_TOKEN": "a", "FILECHECK_SECRET": "f", "SLACK_WEBHOOK_URL": "https://x",
+        "DCYCLE_TOKEN": "d", "HOOKLINE_DASHBOARD_TOKEN": "t", "HOOKLINE_ADMIN_TOKEN": "adm",
+        "PARTNER_WEBHOOK_SECRET": "whsec_QUJDREVGR0g=",
+    }
+    settings = load_settings(EXAMPLE, environ)
+    assert settings.sources["alfred"].auth.scheme == "query_token"
+    assert settings.sources["alfred"].auth.secrets[0].get_secret_value() == "a"
+    assert settings.handlers["ops"].options["webhook_url"] == "https://x"
+
+
+def test_env_indirection_splits_secrets_and_reports_missing_vars() -> None:
+    raw = {"sources": {"a": {"platform": "alfred",
+                             "auth": {"scheme": "query_token", "secrets_env": "TOK"}}}}
+    settings = settings_from_mapping(raw, {"TOK": "one, two"})
+    assert [s.get_secret_value() for s in settings.sources["a"].auth.secrets] == ["one", "two"]
+    assert problems(raw) == ["sources.a.auth.secrets_env: environment variable TOK is not set"]
+
+
+def test_env_overrides_set_nested_keys() -> None:
+    settings = settings_from_mapping(
+        {}, {"HOOKLINE_SERVER__PORT": "9001", "HOOKLINE_STORAGE__URL": "sqlite:///x.db"}
+    )
+    assert settings.server.port == 9001 and settings.storage.url == "sqlite:///x.db"
+
+
+def test_errors_name_the_key_path() -> None:
+    raw = {
+        "server": {"port": 70000, "colour": "red"},
+        "sources": {"alfred": {"platform": "alfred", "auth": {"scheme": "magic"}}},
+    }
+    found = problems(raw)
+    assert "server.port: Input should be less than or equal to 65535" in found
+    assert "server.colour: unknown key" in found
+    assert any(p.startswith("sources.alfred.auth.scheme: must be one of") for p in found)
+
+
+def test_route_must_name_a_defined_handler() -> None:
+    found = problems({"routes": [{"match": "*", "handler": "ops"}]})
+    assert found == ["config: routes[0] names handler 'ops', not defined"]
+
+
+def test_scheme_none_refused_off_loopback() -> None:
+    raw = {"server": {"host": "0.0.0.0"},
+           "sources": {"x": {"platform": "standard", "auth": {"scheme": "none"}}}}
+    assert "allowed only on a loopback host" in problems(raw)[0]
+    loopback = {**raw, "server": {"host": "127.0.0.1"}}
+    assert isinstance(settings_from_mapping(loopback, {}), Settings)
+
+
+def test_secrets_never_appear_in_reprs() -> None:
+    raw = {"sources": {"a": {"platform": "alfred",
+                             "auth": {"scheme": "query_token", "secrets": ["s3cr3t-value"]}}}}
+    settings = settings_from_mapping(raw, {})
+    assert "s3cr3t-value" not in repr(settings)
+    assert "s3cr3t-value" not in settings.model_dump_json()
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sources.alfred]\nplatform = "alfred"\nauth = { scheme = "magic" }\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check-config", str(bad)],
+        capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 1
+    assert run.stdout.startswith("sources.alfred.auth.scheme: must be one of")
+    good = tmp_path / "good.toml"
+    good.write_text("[server]\nport = 8123\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check-config", str(good)],
+        capture_output=True, text=True, check=False,
+    )
+    assert (run.returncode, run.stdout) == (0, "ok\n")

@@ -1,0 +1,277 @@
+"""Dispatch through the real app and SQLite store, with an injected clock: no real sleeping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+import fake_handlers
+from app.config import settings_from_mapping
+from app.main import create_app
+from app.runtime import Runtime
+from app.worker import Worker, WorkerSettings
+from conftest import FakeClock, base_config, standard_body, standard_headers
+
+
+class FixedRandom:
+    """Jitter pinned to the bottom of its range, so backoff times are exact."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+HANDLERS = {
+    "rec": {"use": "fake_handlers:recorder"},
+    "flaky": {"use": "fake_handlers:flaky", "max_attempts": 3, "backoff_base_seconds": 2},
+    "later": {"use": "fake_handlers:ask_later"},
+    "refuses": {"use": "fake_handlers:refuses"},
+    "hangs": {"use": "fake_handlers:hangs", "timeout_seconds": 0.05},
+    "hangs_long": {"use": "fake_handlers:hangs", "timeout_seconds": 30},
+    "garbage": {"use": "fake_handlers:garbage"},
+}
+
+
+def config_for(tmp_path: Path, routes: list[dict[str, Any]]) -> dict[str, Any]:
+    config = base_config(tmp_path / "dispatch.db")
+    config["handlers"] = HANDLERS
+    config["routes"] = routes
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _reset_fakes() -> None:
+    fake_handlers.reset()
+
+
+async def make(tmp_path: Path, clock: FakeClock, routes: list[dict[str, Any]]) -> Starlette:
+    app = create_app(
+        settings_from_mapping(config_for(tmp_path, routes), {}), clock=clock,
+        worker_settings=WorkerSettings(background=False),
+    )
+    app.state.runtime.worker._rand = FixedRandom()
+    return app
+
+
+@pytest.fixture
+async def env(tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    routes = getattr(request, "param", [{"match": "*", "handler": "rec"}])
+    app = await make(tmp_path, clock, routes)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            yield client, app.state.runtime
+
+
+async def post(client: httpx.AsyncClient, clock: FakeClock, msg_id: str = "m1", **data: Any) -> str:
+    body = standard_body(**data)
+    response = await client.post(
+        "/webhooks/partner", content=body, headers=standard_headers(body, clock.now(), msg_id)
+    )
+    assert response.status_code == 202, response.text
+    event_id: str = response.json()["id"]
+    return event_id
+
+
+def worker(runtime: Runtime) -> Worker:
+    assert runtime.worker is not None
+    return runtime.worker
+
+
+async def deliveries(client: httpx.AsyncClient, event_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = (await client.get(f"/api/events/{event_id}")).json()["deliveries"]
+    return items
+
+
+async def test_event_runs_its_handler_once(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    event_id = await post(client, clock)
+    assert await worker(runtime).run_once() == 1
+    assert fake_handlers.recorder.calls == [(event_id, 1)]
+    [delivery] = await deliveries(client, event_id)
+    assert delivery["status"] == "succeeded" and delivery["attempts"] == 1
+    assert delivery["attempt_log"][0]["outcome"] == "succeeded"
+    assert (await client.get(f"/api/events/{event_id}")).json()["status"] == "delivered"
+    assert await worker(runtime).run_once() == 0
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "flaky"}]], indirect=True)
+async def test_backoff_schedule_then_success(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    event_id = await post(client, clock)
+    start = clock.now()
+    await worker(runtime).run_once()
+    [d] = await deliveries(client, event_id)
+    assert (d["status"], d["attempts"], d["next_attempt_at"]) == ("pending", 1, start + 1.0)
+    assert "upstream down" in d["last_error"]
+
+    clock.advance(0.5)
+    assert await worker(runtime).run_once() == 0  # not due yet
+    clock.advance(0.5)
+    assert await worker(runtime).run_once() == 1
+    [d] = await deliveries(client, event_id)
+    assert (d["attempts"], d["next_attempt_at"]) == (2, clock.now() + 2.0)
+
+    clock.advance(2.0)
+    assert await worker(runtime).run_once() == 1
+    [d] = await deliveries(client, event_id)
+    assert d["status"] == "succeeded" and d["attempts"] == 3
+    assert [a["outcome"] for a in d["attempt_log"]] == ["transient", "transient", "succeeded"]
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "flaky"}]], indirect=True)
+async def test_max_attempts_then_dead_letter(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    fake_handlers.flaky.failures = 99
+    event_id = await post(client, clock)
+    for _ in range(3):
+        assert await worker(runtime).run_once() == 1
+        clock.advance(3600)
+    assert await worker(runtime).run_once() == 0
+    [d] = await deliveries(client, event_id)
+    assert d["status"] == "dead" and d["attempts"] == 3
+    assert "gave up after 3 attempts" in d["last_error"]
+    dead = (await client.get("/api/deliveries", params={"status": "dead"})).json()["items"]
+    assert [item["id"] for item in dead] == [d["id"]]
+    assert (await client.get(f"/api/events/{event_id}")).json()["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "env", [[{"match": "*", "handler": "later"}, {"match": "*", "handler": "refuses"}]],
+    indirect=True,
+)
+async def test_retry_after_and_permanent(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    event_id = await post(client, clock)
+    await worker(runtime).run_once()
+    by_handler = {d["handler"]: d for d in await deliveries(client, event_id)}
+    assert by_handler["later"]["next_attempt_at"] == clock.now() + 30
+    assert by_handler["refuses"]["status"] == "dead"
+    assert by_handler["refuses"]["attempts"] == 1
+    assert by_handler["refuses"]["last_error"] == "file was rejected upstream"
+    clock.advance(29)
+    assert await worker(runtime).run_once() == 0
+    clock.advance(1)
+    assert await worker(runtime).run_once() == 1
+
+
+@pytest.mark.parametrize(
+    "env", [[{"match": "*", "handler": "hangs"}, {"match": "*", "handler": "rec"},
+             {"match": "*", "handler": "garbage"}]],
+    indirect=True,
+)
+async def test_hanging_handler_times_out_without_delaying_others(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    fake_handlers.hangs.watch = fake_handlers.recorder
+    event_id = await post(client, clock)
+    assert await worker(runtime).run_once() == 3
+    assert fake_handlers.hangs.others_done_before_timeout is True
+    by_handler = {d["handler"]: d for d in await deliveries(client, event_id)}
+    assert by_handler["hangs"]["status"] == "pending"
+    assert by_handler["hangs"]["attempt_log"][0]["outcome"] == "timeout"
+    assert by_handler["rec"]["status"] == "succeeded"
+    assert by_handler["garbage"]["status"] == "succeeded"
+
+
+async def test_expired_lease_reruns_exactly_once_more(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    event_id = await post(client, clock)
+    crashed = await runtime.store.claim_due("crashed-worker", clock.now(), 60, 10)
+    assert [c.event.id for c in crashed] == [event_id]
+    assert await worker(runtime).run_once() == 0  # leased elsewhere
+    clock.advance(61)
+    assert await worker(runtime).run_once() == 1
+    assert await worker(runtime).run_once() == 0
+    assert fake_handlers.recorder.calls == [(event_id, 2)]
+    [d] = await deliveries(client, event_id)
+    assert d["status"] == "succeeded"
+    assert [a["outcome"] for a in d["attempt_log"]] == ["lost", "succeeded"]
+    # The crashed worker coming back late cannot overwrite the outcome.
+    from app.store.base import Finished
+
+    [held] = await runtime.store.finish([Finished(
+        d["id"], "crashed-worker", 1, clock.now(), "transient", "pending", clock.now(), "late")])
+    assert held is False
+    [d] = await deliveries(client, event_id)
+    assert d["status"] == "succeeded"
+
+
+async def test_sweep_reaps_expired_leases(env: Any, clock: FakeClock) -> None:
+    from app.scheduler import Maintenance
+
+    client, runtime = env
+    event_id = await post(client, clock)
+    await runtime.store.claim_due("crashed-worker", clock.now(), 60, 10)
+    maintenance = Maintenance(runtime.store, clock, runtime.worker, 30)
+    assert await maintenance.sweep() == 0
+    clock.advance(61)
+    assert await maintenance.sweep() == 1
+    [d] = await deliveries(client, event_id)
+    assert d["status"] == "pending" and d["attempt_log"][0]["outcome"] == "lost"
+
+
+async def test_prune_removes_old_events_with_deliveries(env: Any, clock: FakeClock) -> None:
+    from app.scheduler import Maintenance
+
+    client, runtime = env
+    old = await post(client, clock, "old")
+    clock.advance(29 * 86400)
+    new = await post(client, clock, "new")
+    clock.advance(2 * 86400)
+    assert await Maintenance(runtime.store, clock, None, 30).prune() == 1
+    assert (await client.get(f"/api/events/{old}")).status_code == 404
+    assert (await client.get(f"/api/events/{new}")).status_code == 200
+    assert len((await client.get("/api/deliveries")).json()["items"]) == 1
+
+
+async def test_replay_one_event_and_dry_run(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    event_id = await post(client, clock)
+    await worker(runtime).run_once()
+    plan = await client.post(f"/api/events/{event_id}/replay", json={"dry_run": True})
+    assert plan.status_code == 200 and plan.json()["handlers"] == ["rec"]
+    assert await worker(runtime).run_once() == 0
+    replayed = await client.post(f"/api/events/{event_id}/replay")
+    assert replayed.status_code == 202
+    assert len(replayed.json()["deliveries"]) == 1
+    assert await worker(runtime).run_once() == 1
+    assert [call[0] for call in fake_handlers.recorder.calls] == [event_id, event_id]
+    assert len(await deliveries(client, event_id)) == 2
+    unknown = await client.post("/api/events/evt_nope/replay")
+    assert unknown.status_code == 404
+    bad_handler = await client.post(f"/api/events/{event_id}/replay", json={"handler": "nope"})
+    assert bad_handler.status_code == 404
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "refuses"}]], indirect=True)
+async def test_bulk_replay_of_dead_deliveries(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    ids = [await post(client, clock, f"m{n}") for n in range(3)]
+    await worker(runtime).run_once()
+    plan = await client.post("/api/replay", json={"status": "dead", "dry_run": True})
+    assert plan.json()["events"] == 3 and plan.json()["deliveries"] == 3
+    assert {p["event_id"] for p in plan.json()["plan"]} == set(ids)
+    done = await client.post("/api/replay", json={"status": "dead", "handler": "refuses"})
+    assert done.status_code == 202 and done.json()["deliveries"] == 3
+    assert await worker(runtime).run_once() == 3
+
+
+async def test_graceful_stop_releases_unfinished_leases(tmp_path: Path, clock: FakeClock) -> None:
+    app = await make(tmp_path, clock, [{"match": "*", "handler": "hangs_long"}])
+    runtime: Runtime = app.state.runtime
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            event_id = await post(client, clock)
+            w = Worker(runtime.store, runtime.handlers, runtime.http, clock,
+                       WorkerSettings(shutdown_grace_seconds=0.01))
+            w.start()
+            await fake_handlers.hangs.started.wait()
+            await w.stop()
+            [d] = await deliveries(client, event_id)
+            assert d["status"] == "pending" and d["attempts"] == 0
+            assert d["attempt_log"] == []

@@ -1,0 +1,77 @@
+"""End to end over TCP: `hookline serve` as a subprocess, `hookline send`, `hookline events`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from conftest import SAMPLES
+from server import running_server
+
+
+def hookline(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+
+
+def test_demo_server_send_and_list(tmp_path: Path) -> None:
+    sample = SAMPLES / "standard" / "file.processing_failed.json"
+    with running_server([], cwd=tmp_path) as server:
+        secret = (tmp_path / "hookline-demo.secret").read_text().strip()
+        assert secret.startswith("whsec_")
+        assert secret in server.output  # printed once at start
+
+        sent = hookline("send", "demo", str(sample), "--url", f"{server.url}/webhooks/demo",
+                        cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        status, body = sent.stdout.splitlines()[:2]
+        assert status == "202"
+        event_id = json.loads(body)["id"]
+
+        again = hookline("send", "demo", str(sample), "--url", f"{server.url}/webhooks/demo",
+                         cwd=tmp_path)
+        assert again.stdout.splitlines()[0] == "202"  # a new webhook-id: a new event
+
+        listing = httpx.get(f"{server.url}/api/events", timeout=5).json()
+        assert event_id in [item["id"] for item in listing["items"]]
+        assert len(listing["items"]) == 2
+
+        table = hookline("events", "list", cwd=tmp_path)
+        assert table.returncode == 0, table.stderr
+        assert event_id in table.stdout
+        assert "file.processing_failed" in table.stdout
+
+        unsigned = httpx.post(f"{server.url}/webhooks/demo", content=sample.read_bytes(),
+                              headers={"content-type": "application/json"}, timeout=5)
+        assert unsigned.status_code == 401
+        assert unsigned.json()["error"]["code"] == "unauthorized"
+    assert f"event_id={event_id}" in server.output
+
+
+def test_query_token_never_logged(tmp_path: Path) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text(
+        '[storage]\nurl = "sqlite:///hl.db"\n'
+        '[sources.alfred]\nplatform = "alfred"\n'
+        'auth = { scheme = "query_token", secrets = ["very-secret-token"] }\n'
+    )
+    body = (SAMPLES / "alfred" / "alfred.job.failed.json").read_bytes()
+    with running_server(["--config", str(config), "--log-format", "json"], cwd=tmp_path) as server:
+        ok = httpx.post(f"{server.url}/webhooks/alfred?token=very-secret-token", content=body,
+                        headers={"content-type": "application/json"}, timeout=5)
+        assert ok.status_code == 202
+        bad = httpx.post(f"{server.url}/webhooks/alfred?token=very-secret-tokex", content=body,
+                         headers={"content-type": "application/json"}, timeout=5)
+        assert bad.status_code == 401
+    assert "very-secret-tok" not in server.output
+    lines = [json.loads(line) for line in server.output.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "hookline.access"]
+    assert [line["status"] for line in access] == [202, 401]
+    assert access[0]["type"] == "alfred.job.failed"
+    assert access[0]["path"] == "/webhooks/alfred?token=REDACTED"
