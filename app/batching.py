@@ -38,7 +38,6 @@ class Batcher(Generic[T, R]):
         self.name = name
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(maxsize)
         self._task: asyncio.Task[None] | None = None
-        self.after_write: Callable[[], None] | None = None
 
     @property
     def depth(self) -> int:
@@ -99,5 +98,3 @@ class Batcher(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-        if self.after_write is not None:
-            self.after_write()

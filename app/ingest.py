@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import auth
@@ -98,24 +98,36 @@ def _check_content_type(value: str) -> None:
 
 
 async def _read_body(request: Request, limit: int, server: Any) -> bytes:
-    declared = request.headers.get("content-length")
+    """The whole body, refused past `limit` bytes or when it is not in within the timeout."""
     # The declared length refuses early; the running count below is what enforces the cap.
+    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge()
-    chunks: list[bytes] = []
-    size = 0
     try:
         async with asyncio.timeout(server.body_timeout_seconds):
-            async for chunk in request.stream():
+            message = await request.receive()
+            body = _chunk(message, 0, limit)
+            if not message.get("more_body", False):
+                return body  # the usual case: the whole body in one message
+            chunks = [body]
+            size = len(body)
+            while message.get("more_body", False):
+                message = await request.receive()
+                chunk = _chunk(message, size, limit)
                 size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge()
                 chunks.append(chunk)
+            return b"".join(chunks)
     except TimeoutError:
         raise RequestTimeout() from None
-    except ClientDisconnect:
-        raise RequestTimeout("client went away before sending the whole body") from None
-    return b"".join(chunks)
+
+
+def _chunk(message: Any, size: int, limit: int) -> bytes:
+    if message["type"] == "http.disconnect":
+        raise RequestTimeout("client went away before sending the whole body")
+    chunk: bytes = message.get("body", b"")
+    if size + len(chunk) > limit:
+        raise PayloadTooLarge()
+    return chunk
 
 
 def _reject_constant(name: str) -> None:

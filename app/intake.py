@@ -21,6 +21,7 @@ class Intake:
 
     def __init__(self, store: Store, maxsize: int, batch_max: int, retry_after: int = 1) -> None:
         self.retry_after = retry_after
+        self._on_deliveries: Callable[[], None] | None = None
         self._batcher: Batcher[NewEvent, Saved] = Batcher(
             store.save_events, maxsize, batch_max, "hookline-intake"
         )
@@ -29,9 +30,9 @@ class Intake:
     def depth(self) -> int:
         return self._batcher.depth
 
-    def on_commit(self, callback: Callable[[], None]) -> None:
-        """Call `callback` after every batch is written (the worker's wake-up)."""
-        self._batcher.after_write = callback
+    def on_deliveries(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when a stored event brought new deliveries (the worker's wake-up)."""
+        self._on_deliveries = callback
 
     def start(self) -> None:
         self._batcher.start()
@@ -42,11 +43,14 @@ class Intake:
     async def submit(self, event: NewEvent) -> Saved:
         """Queue one event and wait until it is durably stored; 503 when it cannot be."""
         try:
-            return await self._batcher.submit(event)
+            saved = await self._batcher.submit(event)
         except QueueFull:
             raise self._unavailable("intake queue is full; retry later") from None
         except (StoreError, NotRunning):
             raise self._unavailable("event store is unavailable") from None
+        if event.handlers and not saved.duplicate and self._on_deliveries is not None:
+            self._on_deliveries()
+        return saved
 
     def _unavailable(self, message: str) -> StoreUnavailable:
         return StoreUnavailable(message, headers={"Retry-After": str(self.retry_after)})

@@ -7,8 +7,11 @@ anything is written. Lines are human-readable by default and JSON with `--log-fo
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -49,13 +52,36 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Send hookline's logs to stderr in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    """Send hookline's logs to stderr in the chosen format.
+
+    Records are formatted and written by a background thread (QueueListener), so a slow
+    terminal or pipe never holds up a request.
+    """
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, stream)
+    listener.start()
+    atexit.register(listener.stop)
+    # Records need no caller, thread or process details; not gathering them keeps a log call
+    # cheap on the request path (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_QueueHandler(records)]
     root.setLevel(level)
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class _QueueHandler(logging.handlers.QueueHandler):
+    # The stock prepare() formats the message on the calling thread; the listener's handler
+    # formats anyway, so only the exception text is settled here.
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        return record
 
 
 class AccessLogMiddleware:

@@ -66,7 +66,7 @@ class Runtime:
             self.worker = Worker(
                 self.store, self.handlers, self.http, self.clock, self.worker_settings
             )
-            self.intake.on_commit(self.worker.wake)
+            self.intake.on_deliveries(self.worker.wake)
 
     def wake_worker(self) -> None:
         if self.worker is not None:
