@@ -1,9 +1,12 @@
 """Pure authentication of incoming webhooks, one function for every scheme.
 
-`verify` looks only at the headers, query parameters, raw body and the time it is given: no
-I/O, no clock. Every comparison is constant-time, and a failure is just `False`: the caller
-answers one 401 for all of them, so a client learns nothing about which part was wrong.
-`sign` produces what a sender would attach, for `hookline send` and for tests.
+Every source proves who it is differently (Standard Webhooks signatures, an HMAC of the body, a
+static token in a header or in the URL), and the receiver must check all of them on the hot path
+without I/O or a clock read of its own. `verify` looks only at the headers, query parameters, raw
+body and the `now` it is given; every comparison is constant-time, and any failure, malformed
+input included, is just `False`, so the caller answers one 401 that says nothing about which part
+was wrong. `sign` produces what a sender attaches (for `hookline send` and tests), and the
+redaction helpers keep tokens and signatures out of logs and the event log.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 from standardwebhooks.webhooks import Webhook
 
@@ -24,15 +27,24 @@ if TYPE_CHECKING:
     from app.config import AuthSettings
 
 REDACTED = "REDACTED"
+TOKEN_PARAM = "token"
 SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "webhook-signature",
     "x-filecheck-signature", "x-api-key", "x-tagshelfapi-key", "x-hub-signature-256",
 })
+# Longer than any Unix timestamp for millennia; also keeps int() far from its digit limit.
+_MAX_TIMESTAMP_DIGITS = 12
 
 
 @lru_cache(maxsize=256)
 def _webhook(secret: str) -> Webhook:
+    # Webhook() base64-decodes the secret; doing that once per secret keeps it off the hot path.
     return Webhook(secret)
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass never raises, even for secrets read from an environment with stray bytes.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _secrets(auth: AuthSettings) -> list[str]:
@@ -44,45 +56,65 @@ def _same(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(hashlib.sha256(a).digest(), hashlib.sha256(b).digest())
 
 
+def _parse_timestamp(stamp: str) -> int | None:
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > _MAX_TIMESTAMP_DIGITS:
+        return None
+    return int(stamp)
+
+
+def _offered_v1(header: str) -> list[bytes]:
+    """The decoded `v1` signatures of a webhook-signature header; other versions are ignored."""
+    offered: list[bytes] = []
+    for entry in header.split():
+        version, _, value = entry.partition(",")
+        if version != "v1" or not value:
+            continue
+        try:
+            offered.append(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return offered
+
+
 def _standard_ok(
     auth: AuthSettings, headers: Mapping[str, str], body: bytes, now: float
 ) -> bool:
     msg_id = headers.get("webhook-id")
-    stamp = headers.get("webhook-timestamp")
-    signatures = headers.get("webhook-signature")
-    if not (msg_id and stamp and signatures) or not stamp.isdigit():
+    stamp = _parse_timestamp(headers.get("webhook-timestamp", ""))
+    offered = _offered_v1(headers.get("webhook-signature", ""))
+    if not msg_id or stamp is None or not offered:
         return False
-    if abs(now - int(stamp)) > auth.tolerance_seconds:
+    if abs(now - stamp) > auth.tolerance_seconds:
         return False
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    offered = []
-    for entry in signatures.split():
-        version, _, value = entry.partition(",")
-        if version == "v1" and value:
-            try:
-                offered.append(base64.b64decode(value, validate=True))
-            except (binascii.Error, ValueError):
-                continue
-    timestamp = datetime.fromtimestamp(int(stamp), UTC)
+    timestamp = datetime.fromtimestamp(stamp, UTC)
     matched = False
     for secret in _secrets(auth):
-        expected = base64.b64decode(_webhook(secret).sign(msg_id, timestamp, text)[3:])
+        try:
+            expected = base64.b64decode(_webhook(secret).sign(msg_id, timestamp, text)[3:])
+        except UnicodeEncodeError:  # a msg_id no sender could have signed
+            return False
         for candidate in offered:
             matched |= hmac.compare_digest(expected, candidate)
     return matched
 
 
+def _hmac_hex(secret: str, body: bytes) -> str:
+    return hmac.new(_utf8(secret), body, hashlib.sha256).hexdigest()
+
+
 def _hmac_ok(auth: AuthSettings, headers: Mapping[str, str], body: bytes) -> bool:
-    assert auth.header is not None
-    value = headers.get(auth.header.lower(), "").strip()
-    value = value.removeprefix("sha256=").lower()
+    if not auth.header:
+        return False
+    presented = headers.get(auth.header.lower(), "").strip().lower().removeprefix("sha256=")
+    if not presented:
+        return False
     matched = False
     for secret in _secrets(auth):
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        matched |= hmac.compare_digest(expected.encode(), value.encode("latin-1", "replace"))
+        matched |= hmac.compare_digest(_utf8(_hmac_hex(secret, body)), _utf8(presented))
     return matched
 
 
@@ -91,7 +123,7 @@ def _token_ok(auth: AuthSettings, presented: str | None) -> bool:
         return False
     matched = False
     for secret in _secrets(auth):
-        matched |= _same(secret.encode(), presented.encode("utf-8", "replace"))
+        matched |= _same(_utf8(secret), _utf8(presented))
     return matched
 
 
@@ -102,58 +134,67 @@ def verify(
     body: bytes,
     now: float,
 ) -> bool:
-    """Whether the request carries valid credentials for this source (headers lower-cased)."""
+    """Whether the request carries valid credentials for this source (header names lower-case)."""
     scheme = auth.scheme
     if scheme == "standard_webhooks":
         return _standard_ok(auth, headers, body, now)
     if scheme == "hmac_sha256":
         return _hmac_ok(auth, headers, body)
     if scheme == "header_token":
-        assert auth.header is not None
-        return _token_ok(auth, headers.get(auth.header.lower()))
+        return bool(auth.header) and _token_ok(auth, headers.get(str(auth.header).lower()))
     if scheme == "query_token":
-        return _token_ok(auth, query.get("token"))
+        return _token_ok(auth, query.get(TOKEN_PARAM))
     return scheme == "none"
+
+
+def _sign_standard(secret: str, body: bytes, now: float, msg_id: str) -> dict[str, str]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("standard_webhooks signs text: the body is not UTF-8") from None
+    stamp = int(now)
+    signature = _webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, UTC), text)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(stamp), "webhook-signature": signature}
 
 
 def sign(
     auth: AuthSettings, body: bytes, now: float, msg_id: str
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Headers and query parameters a sender attaches, signed with the first secret."""
-    if auth.scheme == "none":
+    if auth.scheme == "none" or not auth.secrets:
         return {}, {}
     secret = _secrets(auth)[0]
+    header = (auth.header or "").lower()
     if auth.scheme == "standard_webhooks":
-        stamp = int(now)
-        signature = _webhook(secret).sign(
-            msg_id, datetime.fromtimestamp(stamp, UTC), body.decode("utf-8")
-        )
-        return {
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(stamp),
-            "webhook-signature": signature,
-        }, {}
-    assert auth.header is not None or auth.scheme == "query_token"
+        return _sign_standard(secret, body, now, msg_id), {}
     if auth.scheme == "hmac_sha256":
-        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        return {str(auth.header).lower(): f"sha256={digest}"}, {}
+        return {header: f"sha256={_hmac_hex(secret, body)}"}, {}
     if auth.scheme == "header_token":
-        return {str(auth.header).lower(): secret}, {}
-    return {}, {"token": secret}
+        return {header: secret}, {}
+    return {}, {TOKEN_PARAM: secret}
+
+
+def _redact_pair(pair: str) -> str:
+    name, equals, _ = pair.partition("=")
+    # Decode the name as the query parser does, so `%74oken=` or `TOKEN=` cannot slip through.
+    if equals and unquote_plus(name).lower() == TOKEN_PARAM:
+        return f"{name}={REDACTED}"
+    return pair
 
 
 def redact_query(query_string: str) -> str:
     """The query string with the value of any `token` parameter replaced by REDACTED."""
-    if "token" not in query_string.lower():
-        return query_string
-    pairs = parse_qsl(query_string, keep_blank_values=True)
-    return urlencode([(k, REDACTED if k.lower() == "token" else v) for k, v in pairs], safe="")
+    return "&".join(_redact_pair(pair) for pair in query_string.split("&"))
 
 
 def redact_url(url: str) -> str:
-    """The URL with any `token` query parameter redacted."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(query=redact_query(parts.query)))
+    """The URL with any `token` query parameter redacted, everything else untouched."""
+    # Split by hand rather than with urlsplit, which raises on some malformed hosts.
+    head, hash_sign, fragment = url.partition("#")
+    base, question_mark, query = head.partition("?")
+    if not question_mark:
+        return url
+    return f"{base}?{redact_query(query)}{hash_sign}{fragment}"
 
 
 def strip_secret_headers(headers: Mapping[str, str], auth: AuthSettings) -> dict[str, str]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings, demo_settings, load_settings, new_standard_secret
 from app.errors import ConfigError
@@ -40,6 +41,14 @@ def _demo_secret() -> str:
     DEMO_SECRET_FILE.touch(mode=0o600)
     DEMO_SECRET_FILE.write_text(secret + "\n")
     return secret
+
+
+def _console() -> Any:
+    """A rich console; wide when writing to a pipe, so ids are never wrapped."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -130,7 +139,6 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def _list_events(settings: Settings, args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     store = store_from_url(settings.storage.url)
@@ -150,10 +158,7 @@ async def _list_events(settings: Settings, args: argparse.Namespace) -> None:
             received, item.id, item.source, item.type, item.status,
             item.job_id or "", item.file_id or "",
         )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+    _console().print(table)
 
 
 async def _show_event(settings: Settings, event_id: str) -> int:
@@ -175,6 +180,99 @@ def cmd_events(args: argparse.Namespace) -> int:
     if args.events_verb == "show":
         return asyncio.run(_show_event(settings, args.id))
     asyncio.run(_list_events(settings, args))
+    return 0
+
+
+def parse_when(text: str, now: float) -> float:
+    """Unix seconds from `1790000000`, an ISO 8601 time, or an age such as `90s`, `30m`, `2h`, `7d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from app import replay
+    from app.routing import compile_routes
+
+    routes = compile_routes(settings.routes)
+    handlers = settings.handlers
+    now = time.time()
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    console = _console()
+    try:
+        if args.ids:
+            planned = [await replay.plan_event(store, routes, handlers, i, args.handler)
+                       for i in args.ids]
+        else:
+            selection = replay.ReplayFilter(
+                source=args.source, type=args.type, status=args.status,
+                since=parse_when(args.since, now) if args.since else None,
+                until=parse_when(args.until, now) if args.until else None,
+                handler=args.handler,
+            )
+            planned = [p async for p in replay.plan_many(store, routes, handlers, selection)]
+        deliveries = sum(len(p.handlers) for p in planned)
+        if args.plan:
+            table = Table()
+            table.add_column("event", no_wrap=True)
+            table.add_column("type")
+            table.add_column("handlers that would run")
+            for p in planned:
+                table.add_row(p.event_id, p.event_type, ", ".join(p.handlers) or "(no route)")
+            console.print(table)
+        if args.dry_run or args.plan:
+            console.print(f"would replay {len(planned)} events as {deliveries} deliveries")
+            return 0
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task("replaying", total=len(planned))
+            for p in planned:
+                await replay.apply(store, p, time.time())
+                progress.advance(task)
+        console.print(f"replayed {len(planned)} events as {deliveries} new deliveries")
+        return 0
+    except replay.ReplayError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    finally:
+        await store.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if not args.ids and not (args.type or args.status or args.source or args.since):
+        print("name event ids, or select with --type/--status/--source/--since", file=sys.stderr)
+        return 2
+    return asyncio.run(_replay(_settings(args.config), args))
+
+
+async def _prune(url: str, before: float) -> int:
+    store = store_from_url(url)
+    await store.open()
+    try:
+        return await store.prune(before)
+    finally:
+        await store.close()
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    days = settings.retention_days if args.older_than is None else args.older_than
+    pruned = asyncio.run(_prune(settings.storage.url, time.time() - days * 86400))
+    print(f"pruned {pruned} events older than {days:g} days")
     return 0
 
 
@@ -224,6 +322,25 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.add_argument("--config")
     events.set_defaults(func=cmd_events)
+
+    replay_cmd = verbs.add_parser("replay", help="fresh deliveries for stored events")
+    replay_cmd.add_argument("ids", nargs="*", help="event ids (or select with the options)")
+    replay_cmd.add_argument("--config")
+    replay_cmd.add_argument("--handler", help="only this handler (default: the current routes)")
+    replay_cmd.add_argument("--source")
+    replay_cmd.add_argument("--type", help="glob over the canonical type")
+    replay_cmd.add_argument("--status", help="event status, or 'dead' for dead deliveries")
+    replay_cmd.add_argument("--since", help="unix time, ISO 8601, or an age: 30m, 2h, 7d")
+    replay_cmd.add_argument("--until")
+    replay_cmd.add_argument("--dry-run", action="store_true", help="only count")
+    replay_cmd.add_argument("--plan", action="store_true",
+                            help="show which handlers would run, run nothing")
+    replay_cmd.set_defaults(func=cmd_replay)
+
+    prune = verbs.add_parser("prune", help="delete events past retention")
+    prune.add_argument("--config")
+    prune.add_argument("--older-than", type=float, help="days (default: retention_days)")
+    prune.set_defaults(func=cmd_prune)
 
     schemas = verbs.add_parser("schemas", help="JSON Schemas of every event type")
     schemas_verbs = schemas.add_subparsers(dest="schemas_verb", required=True)

@@ -121,8 +121,17 @@ class HandlerSettings(_Model):
     concurrency: int = Field(default=8, ge=1)
 
 
+class WorkerConfig(_Model):
+    concurrency: int = Field(default=64, ge=1, description="deliveries running at once")
+    claim_batch: int = Field(default=256, ge=1)
+    shutdown_grace_seconds: float = Field(default=10, ge=0)
+    sweep_seconds: float = Field(default=5, gt=0)
+    lease_margin_seconds: float = Field(default=60, gt=0)
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
+    worker: WorkerConfig = WorkerConfig()
     storage: StorageSettings = StorageSettings()
     api: ApiSettings = ApiSettings()
     sources: dict[str, SourceSettings] = {}

@@ -75,7 +75,7 @@ def create_app(
         clock=clock or SystemClock(),
         http=http or default_http(),
         role=role,
-        worker_settings=worker_settings or WorkerSettings(),
+        worker_settings=worker_settings,
     )
     owns_http = http is None
 
@@ -89,7 +89,8 @@ def create_app(
         ticks = None
         if background:
             ticks = start_scheduler(
-                Maintenance(runtime.store, runtime.clock, runtime.worker, settings.retention_days)
+                Maintenance(runtime.store, runtime.clock, runtime.worker, settings.retention_days),
+                sweep_seconds=runtime.worker.settings.sweep_seconds,  # type: ignore[union-attr]
             )
         if not settings.api.tokens and settings.server.on_loopback:
             log.warning("no [[api.tokens]] configured: the read API is open on loopback")

@@ -1,4 +1,9 @@
-"""Per-source rate limits: a token bucket each, over an injected monotonic time."""
+"""Per-source rate limits: one token bucket per source, over an injected monotonic time.
+
+A misbehaving sender (a retry storm, a loop) must not starve the other sources of the intake
+queue and the writer, so each source may carry a `rate_limit` in config. The check is pure: the
+caller passes monotonic seconds and turns a non-zero wait into a 429 with `Retry-After`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ class TokenBucket:
     """`burst` tokens at most, refilled at `per_second`; one token per request."""
 
     def __init__(self, per_second: float, burst: int) -> None:
+        if per_second <= 0 or burst < 1:
+            raise ValueError("a token bucket needs per_second > 0 and burst >= 1")
         self.per_second = per_second
         self.burst = burst
         self._tokens = float(burst)
@@ -20,14 +27,18 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """0.0 when a token was taken, else the seconds until one will be available."""
-        if self._stamp is not None:
-            elapsed = max(0.0, now - self._stamp)
-            self._tokens = min(self.burst, self._tokens + elapsed * self.per_second)
-        self._stamp = now
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.per_second
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None:
+            # A clock that steps back must not mint tokens, nor push the next refill out.
+            elapsed = max(0.0, now - self._stamp)
+            self._tokens = min(float(self.burst), self._tokens + elapsed * self.per_second)
+        self._stamp = now if self._stamp is None else max(self._stamp, now)
 
 
 class RateLimiter:
@@ -41,5 +52,6 @@ class RateLimiter:
         }
 
     def check(self, source: str, now: float) -> float:
+        """0.0 when `source` may proceed now, else the seconds it should wait."""
         bucket = self._buckets.get(source)
         return 0.0 if bucket is None else bucket.take(now)

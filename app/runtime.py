@@ -42,7 +42,7 @@ class Runtime:
     clock: Clock
     http: httpx.AsyncClient
     role: Role = "all"
-    worker_settings: WorkerSettings = field(default_factory=WorkerSettings)
+    worker_settings: WorkerSettings | None = None
     intake: Intake = field(init=False)
     rate_limiter: RateLimiter = field(init=False)
     routes: tuple[Route, ...] = field(init=False)
@@ -62,6 +62,15 @@ class Runtime:
             self.handlers = load_handlers(self.settings.handlers)
         except HandlerLoadError as exc:
             raise ConfigError(exc.problems) from None
+        if self.worker_settings is None:
+            configured = self.settings.worker
+            self.worker_settings = WorkerSettings(
+                concurrency=configured.concurrency,
+                claim_batch=configured.claim_batch,
+                shutdown_grace_seconds=configured.shutdown_grace_seconds,
+                lease_margin_seconds=configured.lease_margin_seconds,
+                sweep_seconds=configured.sweep_seconds,
+            )
         if self.role in ("all", "worker"):
             self.worker = Worker(
                 self.store, self.handlers, self.http, self.clock, self.worker_settings

@@ -42,6 +42,7 @@ class WorkerSettings:
     idle_poll_seconds: float = 5.0
     shutdown_grace_seconds: float = 10.0
     lease_margin_seconds: float = 60.0
+    sweep_seconds: float = 5.0
     background: bool = True
 
 
