@@ -60,9 +60,15 @@ def _import(target: str) -> Any:
 
 def resolve(use: str) -> Any:
     """The object `use =` names: a built-in, an entry point, or module:attr."""
-    if use in BUILTINS:
-        return _import(BUILTINS[use])
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == use]
+    if use in BUILTINS:
+        clashing = [ep for ep in found if ep.value != BUILTINS[use]]
+        if clashing:
+            providers = ", ".join(ep.dist.name if ep.dist else ep.value for ep in clashing)
+            raise ValueError(
+                f"name clash: {use!r} is a built-in handler and also an entry point of {providers}"
+            )
+        return _import(BUILTINS[use])
     if len(found) > 1:
         raise ValueError(f"entry point {use!r} is provided by {len(found)} distributions")
     if found:
