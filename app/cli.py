@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, role=args.role),
         host=server.host,
         port=server.port,
         loop="uvloop",
