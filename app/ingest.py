@@ -13,8 +13,9 @@ import json
 import math
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from urllib.parse import parse_qsl
+
+from starlette.types import Receive, Scope, Send
 
 from app import auth
 from app.errors import (
@@ -34,23 +35,34 @@ from schemas import EventInvalid, Handshake, Incoming, parse_event
 from schemas.records import NewEvent
 
 
-async def receive_webhook(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    name = request.path_params["source"]
+class WebhookEndpoint:
+    """`POST /webhooks/{source}` as a plain ASGI app: the hot path skips the request and
+    response wrappers it does not need. Errors are raised as HooklineErrors and rendered by the
+    app's exception handlers like everywhere else."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, answer = await receive_webhook(scope, receive)
+        await _send_json(send, status, answer)
+
+
+async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+    runtime: Runtime = scope["app"].state.runtime
+    name = scope["path_params"]["source"]
     source = runtime.settings.sources.get(name)
     if source is None:
         raise UnknownSource(f"no source named {name!r}" if name.isprintable() else None)
-    note = request.scope["state"]["log"]
+    note = scope["state"]["log"]
     note["source"] = name
 
     wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
     if wait > 0:
         raise RateLimited(headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    _check_content_type(request.headers.get("content-type", ""))
-    body = await _read_body(request, source.max_body_bytes, runtime.settings.server)
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    _check_content_type(headers.get("content-type", ""))
+    body = await _read_body(receive, headers, source.max_body_bytes, runtime.settings.server)
 
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
-    query = dict(request.query_params)
+    raw_query = scope["query_string"].decode("latin-1")
+    query = dict(parse_qsl(raw_query)) if raw_query else {}
     now = runtime.clock.now()
     if not auth.verify(source.auth, headers, query, body, now):
         raise Unauthorized()
@@ -62,7 +74,7 @@ async def receive_webhook(request: Request) -> Response:
         details = [{"loc": list(d.loc), "msg": d.msg} for d in exc.details]
         raise SchemaInvalid(details=details) from None
     if isinstance(parsed, Handshake):
-        return JSONResponse({"challenge": parsed.challenge})
+        return 200, {"challenge": parsed.challenge}
     note["type"] = parsed.type
 
     event = NewEvent(
@@ -75,7 +87,7 @@ async def receive_webhook(request: Request) -> Response:
         body=body,
         payload=payload,
         headers=auth.strip_secret_headers(headers, source.auth),
-        query=auth.redact_query(request.scope["query_string"].decode("latin-1")),
+        query=auth.redact_query(raw_query),
         job_id=parsed.job_id,
         file_id=parsed.file_id,
         company_id=parsed.company_id,
@@ -85,8 +97,19 @@ async def receive_webhook(request: Request) -> Response:
     saved = await runtime.intake.submit(event)
     note["event_id"] = saved.id
     if saved.duplicate:
-        return JSONResponse({"id": saved.id, "duplicate": True}, status_code=200)
-    return JSONResponse({"id": saved.id, "type": parsed.type, "duplicate": False}, 202)
+        return 200, {"id": saved.id, "duplicate": True}
+    return 202, {"id": saved.id, "type": parsed.type, "duplicate": False}
+
+
+async def _send_json(send: Send, status: int, answer: dict[str, Any]) -> None:
+    body = json.dumps(answer, separators=(",", ":")).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
 
 
 def _check_content_type(value: str) -> None:
@@ -97,22 +120,24 @@ def _check_content_type(value: str) -> None:
         raise UnsupportedMediaType()
 
 
-async def _read_body(request: Request, limit: int, server: Any) -> bytes:
+async def _read_body(
+    receive: Receive, headers: dict[str, str], limit: int, server: Any
+) -> bytes:
     """The whole body, refused past `limit` bytes or when it is not in within the timeout."""
     # The declared length refuses early; the running count below is what enforces the cap.
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge()
     try:
         async with asyncio.timeout(server.body_timeout_seconds):
-            message = await request.receive()
+            message = await receive()
             body = _chunk(message, 0, limit)
             if not message.get("more_body", False):
                 return body  # the usual case: the whole body in one message
             chunks = [body]
             size = len(body)
             while message.get("more_body", False):
-                message = await request.receive()
+                message = await receive()
                 chunk = _chunk(message, size, limit)
                 size += len(chunk)
                 chunks.append(chunk)

@@ -59,8 +59,8 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, stream)
+    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    listener = _Listener(records, stream)
     listener.start()
     atexit.register(listener.stop)
     # Records need no caller, thread or process details; not gathering them keeps a log call
@@ -73,6 +73,34 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root.handlers[:] = [_QueueHandler(records)]
     root.setLevel(level)
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class _Listener(logging.handlers.QueueListener):
+    # Access lines arrive as (created, fields) tuples; the LogRecord is built here, on the
+    # listener's thread, rather than on the request path.
+    def prepare(self, record: Any) -> logging.LogRecord:
+        if isinstance(record, tuple):
+            created, fields = record
+            made = access_log.makeRecord(
+                access_log.name, logging.INFO, "", 0, "request", (), None,
+                extra={"fields": fields},
+            )
+            made.created = created
+            made.msecs = (created - int(created)) * 1000
+            return made
+        prepared: logging.LogRecord = record
+        return prepared
+
+
+def _fast_access_sink() -> Any:
+    """The listener queue's put, when hookline's own logging is in place and access lines are
+    wanted; else None, and access lines go through the logging module as usual."""
+    handlers = logging.getLogger().handlers
+    if (len(handlers) == 1 and isinstance(handlers[0], _QueueHandler)
+            and not access_log.disabled and access_log.isEnabledFor(logging.INFO)
+            and not access_log.handlers):
+        return handlers[0].queue.put
+    return None
 
 
 class _QueueHandler(logging.handlers.QueueHandler):
@@ -117,4 +145,8 @@ class AccessLogMiddleware:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             ordered = {key: fields.get(key) for key in _ACCESS_FIELDS}
-            access_log.info("request", extra={"fields": ordered})
+            sink = _fast_access_sink()
+            if sink is not None:
+                sink((time.time(), ordered))
+            else:
+                access_log.info("request", extra={"fields": ordered})

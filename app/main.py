@@ -49,7 +49,7 @@ async def readyz(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/webhooks/{source}", ingest.receive_webhook, methods=["POST"]),
+    Route("/webhooks/{source}", ingest.WebhookEndpoint(), methods=["POST"]),
     Route("/api/events", api.list_events, methods=["GET"]),
     Route("/api/events/{event_id}", api.get_event, methods=["GET"]),
     Route("/api/events/{event_id}/replay", api.replay_event, methods=["POST"]),

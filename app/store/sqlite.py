@@ -40,23 +40,21 @@ from schemas.records import (
 
 _INSERT_EVENT = """
 INSERT INTO events (id, source, type, dedupe_key, status, received_at, occurred_at, job_id,
-                    file_id, company_id, task_ids, headers, query, payload, body)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    file_id, company_id, task_ids, handlers, headers, query, payload, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (source, dedupe_key) DO NOTHING
 """
 # The whole batch as one JSON array bound to one statement: SQLite unpacks it in C, so a batch
 # costs one statement step instead of one per row.
 _INSERT_EVENTS_JSON = """
 INSERT INTO events (id, source, type, dedupe_key, status, received_at, occurred_at, job_id,
-                    file_id, company_id, task_ids, headers, query, payload, body)
+                    file_id, company_id, task_ids, handlers, headers, query, payload, body)
 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
        value ->> 6, value ->> 7, value ->> 8, value ->> 9, value -> 10, value -> 11,
-       value ->> 12, value -> 13, CAST(value ->> 14 AS BLOB)
+       value -> 12, value ->> 13, value -> 14, CAST(value ->> 15 AS BLOB)
 FROM json_each(?) WHERE true
 ON CONFLICT (source, dedupe_key) DO NOTHING
-"""
-_INSERTED_IDS = """
-SELECT json_group_array(id) FROM events WHERE id IN (SELECT value FROM json_each(?))
+RETURNING id
 """
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (id, event_id, handler, status, attempts, next_attempt_at, created_at,
@@ -156,13 +154,12 @@ class SQLiteStore(Store):
     async def _save_events(
         self, conn: aiosqlite.Connection, events: Sequence[NewEvent]
     ) -> list[Saved | StoreError]:
+        # The whole batch is one autocommit statement (the trigger adds the deliveries), so it
+        # costs one round trip to the connection's thread: under load each trip waits its turn
+        # on a busy event loop, and those waits are most of a batch's latency.
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            await conn.execute(_INSERT_EVENTS_JSON, (_events_json(events),))
-            results: list[Saved | StoreError] = list(await self._resolve(conn, events))
-            await self._insert_deliveries(conn, events, results)
-            await conn.commit()
-            return results
+            rows = await conn.execute_fetchall(_INSERT_EVENTS_JSON, (_events_json(events),))
+            return list(await self._resolve(conn, events, {row[0] for row in rows}))
         except _SQLITE_ERRORS:
             await _rollback(conn)
         return await self._save_one_by_one(conn, events)
@@ -176,9 +173,9 @@ class SQLiteStore(Store):
             for event in events:
                 try:
                     await conn.execute("SAVEPOINT one")
-                    await conn.execute(_INSERT_EVENT, _event_row(event))
-                    [saved] = await self._resolve(conn, [event])
-                    await self._insert_deliveries(conn, [event], [saved])
+                    cursor = await conn.execute(_INSERT_EVENT, _event_row(event))
+                    inserted = {event.id} if cursor.rowcount == 1 else set()
+                    [saved] = await self._resolve(conn, [event], inserted)
                     await conn.execute("RELEASE one")
                     results.append(saved)
                 except _SQLITE_ERRORS as exc:
@@ -192,12 +189,10 @@ class SQLiteStore(Store):
         return results
 
     async def _resolve(
-        self, conn: aiosqlite.Connection, events: Sequence[NewEvent]
+        self, conn: aiosqlite.Connection, events: Sequence[NewEvent], inserted: set[str]
     ) -> list[Saved]:
-        """Tell new rows from duplicates: a row whose id is not in the table lost to a
-        dedupe conflict, and the first event's id is looked up by its key."""
-        rows = await conn.execute_fetchall(_INSERTED_IDS, (json.dumps([e.id for e in events]),))
-        inserted = set(json.loads(rows[0][0]))
+        """Tell new rows from duplicates: a row not inserted lost to a dedupe conflict, and
+        the first event's id is looked up by its key."""
         results = []
         for event in events:
             if event.id in inserted:
@@ -209,22 +204,6 @@ class SQLiteStore(Store):
             )
             results.append(Saved(first[0][0], duplicate=True))
         return results
-
-    async def _insert_deliveries(
-        self,
-        conn: aiosqlite.Connection,
-        events: Sequence[NewEvent],
-        results: Sequence[Saved | StoreError],
-    ) -> None:
-        rows = [
-            (new_id("dlv", e.received_at), e.id, handler, e.received_at, e.received_at,
-             e.received_at)
-            for e, saved in zip(events, results, strict=True)
-            if isinstance(saved, Saved) and not saved.duplicate
-            for handler in e.handlers
-        ]
-        if rows:
-            await conn.executemany(_INSERT_DELIVERY, rows)
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         try:
@@ -506,7 +485,7 @@ def _events_json(events: Sequence[NewEvent]) -> str:
     return json.dumps([
         [e.id, e.source, e.type, e.dedupe_key, "pending" if e.handlers else "unrouted",
          e.received_at, e.occurred_at, e.job_id, e.file_id, e.company_id, list(e.task_ids),
-         e.headers, e.query, e.payload, e.body.decode("utf-8")]
+         list(e.handlers), e.headers, e.query, e.payload, e.body.decode("utf-8")]
         for e in events
     ], ensure_ascii=False)
 
@@ -515,7 +494,8 @@ def _event_row(e: NewEvent) -> tuple[Any, ...]:
     return (
         e.id, e.source, e.type, e.dedupe_key, "pending" if e.handlers else "unrouted",
         e.received_at, e.occurred_at, e.job_id, e.file_id, e.company_id,
-        json.dumps(list(e.task_ids)), json.dumps(e.headers), e.query, e.payload_json(), e.body,
+        json.dumps(list(e.task_ids)), json.dumps(list(e.handlers)), json.dumps(e.headers), e.query,
+        e.payload_json(), e.body,
     )
 
 

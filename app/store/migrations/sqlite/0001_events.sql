@@ -12,6 +12,7 @@ CREATE TABLE events (
     file_id      TEXT,
     company_id   TEXT,
     task_ids     TEXT    NOT NULL DEFAULT '[]',
+    handlers     TEXT    NOT NULL DEFAULT '[]',
     headers      TEXT    NOT NULL,
     query        TEXT    NOT NULL DEFAULT '',
     payload      TEXT    NOT NULL,
@@ -44,6 +45,18 @@ CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pend
 CREATE INDEX deliveries_status ON deliveries (status, seq);
 CREATE INDEX deliveries_handler ON deliveries (handler, seq);
 CREATE INDEX deliveries_leases ON deliveries (lease_expires_at) WHERE status = 'running';
+
+-- An event and its deliveries are one statement: every inserted event fans out to the
+-- handlers its routes chose (events.handlers), so neither can exist without the other.
+CREATE TRIGGER events_fan_out AFTER INSERT ON events WHEN NEW.handlers <> '[]'
+BEGIN
+    INSERT INTO deliveries (id, event_id, handler, status, attempts, next_attempt_at,
+                            created_at, updated_at)
+    SELECT printf('dlv_%012x', CAST(NEW.received_at * 1000 AS INTEGER) & 281474976710655)
+               || lower(hex(randomblob(10))),
+           NEW.id, value, 'pending', 0, NEW.received_at, NEW.received_at, NEW.received_at
+    FROM json_each(NEW.handlers);
+END;
 
 CREATE TABLE attempts (
     delivery_id  TEXT    NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
