@@ -31,7 +31,7 @@ def _settings(path: str | None) -> Settings:
     settings = load_settings(None)
     if settings.sources:
         return settings
-    return settings.model_copy(update={"sources": demo_settings(_demo_secret()).sources})
+    return demo_settings(_demo_secret(), base=settings)
 
 
 def _demo_secret() -> str:

@@ -161,15 +161,20 @@ def _is_standard_secret(value: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", raw))
 
 
-def demo_settings(secret: str | None = None) -> Settings:
-    """Defaults plus a `demo` Standard Webhooks source, for `hookline serve` with no config."""
+def demo_settings(secret: str | None = None, base: Settings | None = None) -> Settings:
+    """`base` (default: the defaults) plus a `demo` Standard Webhooks source routed to the
+    `log` handler, for `hookline serve` with no config."""
     secret = secret or new_standard_secret()
     source = SourceSettings(
         platform="standard",
         auth=AuthSettings(scheme="standard_webhooks", secrets=[SecretStr(secret)]),
         unknown_events="accept",
     )
-    return Settings(sources={"demo": source})
+    return (base or Settings()).model_copy(update={
+        "sources": {"demo": source},
+        "routes": [RouteSettings(match="*", source="demo", handler="log")],
+        "handlers": {"log": HandlerSettings(use="log")},
+    })
 
 
 def new_standard_secret() -> str:

@@ -48,15 +48,18 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-ROUTES = [
+HEALTH_ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]
+# A worker-only process serves health checks alone: it receives nothing and answers no reads.
+RECEIVER_ROUTES = [
     Route("/webhooks/{source}", ingest.WebhookEndpoint(), methods=["POST"]),
     Route("/api/events", api.list_events, methods=["GET"]),
     Route("/api/events/{event_id}", api.get_event, methods=["GET"]),
     Route("/api/events/{event_id}/replay", api.replay_event, methods=["POST"]),
     Route("/api/replay", api.replay_many, methods=["POST"]),
     Route("/api/deliveries", api.list_deliveries, methods=["GET"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
 ]
 
 
@@ -107,7 +110,7 @@ def create_app(
             await runtime.store.close()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=RECEIVER_ROUTES + HEALTH_ROUTES if role != "worker" else HEALTH_ROUTES,
         middleware=[Middleware(AccessLogMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

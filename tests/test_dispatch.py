@@ -275,3 +275,22 @@ async def test_graceful_stop_releases_unfinished_leases(tmp_path: Path, clock: F
             [d] = await deliveries(client, event_id)
             assert d["status"] == "pending" and d["attempts"] == 0
             assert d["attempt_log"] == []
+
+
+async def test_roles_split_receiving_from_dispatching(tmp_path: Path, clock: FakeClock) -> None:
+    settings = settings_from_mapping(config_for(tmp_path, [{"match": "*", "handler": "rec"}]), {})
+    receiver = create_app(settings, clock=clock, role="receiver")
+    worker_only = create_app(settings, clock=clock, role="worker",
+                             worker_settings=WorkerSettings(background=False))
+    assert receiver.state.runtime.worker is None
+    async with receiver.router.lifespan_context(receiver):
+        transport = httpx.ASGITransport(app=receiver)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            event_id = await post(client, clock)
+    async with worker_only.router.lifespan_context(worker_only):
+        transport = httpx.ASGITransport(app=worker_only)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.post("/webhooks/partner", content=b"{}")).status_code == 404
+            assert await worker(worker_only.state.runtime).run_once() == 1
+    assert fake_handlers.recorder.calls == [(event_id, 1)]

@@ -52,6 +52,8 @@ def test_demo_server_send_and_list(tmp_path: Path) -> None:
         assert unsigned.status_code == 401
         assert unsigned.json()["error"]["code"] == "unauthorized"
     assert f"event_id={event_id}" in server.output
+    # The demo routes every event to the `log` handler: see it fire.
+    assert f"event {event_id} file.processing_failed from demo" in server.output
 
 
 def test_query_token_never_logged(tmp_path: Path) -> None:

@@ -150,8 +150,9 @@ async def test_json_content_type_with_charset_is_accepted(client: httpx.AsyncCli
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe{}", b'{"a": NaN}', b"null"],
-    ids=["truncated", "array", "string", "empty", "not-utf8", "nan", "null"],
+    [b"{not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe{}", b'{"a": NaN}', b"null",
+     b'{"a": 1e400}', b'{"a": ' + b"9" * 5000 + b"}"],
+    ids=["truncated", "array", "string", "empty", "not-utf8", "nan", "null", "inf", "huge-int"],
 )
 async def test_bad_json_is_400(client: httpx.AsyncClient, body: bytes) -> None:
     response = await client.post(
@@ -295,6 +296,20 @@ async def test_raw_body_is_kept_exactly(client: httpx.AsyncClient, store: Any) -
     )
     assert rows[0]["body"] == body
     assert rows[0]["query"] == "token=REDACTED"
+
+
+async def test_bom_prefixed_json_is_accepted_and_kept_exactly(
+    client: httpx.AsyncClient, store: Any
+) -> None:
+    body = b"\xef\xbb\xbf" + sample("alfred/alfred.job.failed.json")
+    response = await client.post(
+        "/webhooks/open", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 202
+    rows = await store.reader.execute_fetchall(
+        "SELECT body FROM events WHERE id = ?", (response.json()["id"],)
+    )
+    assert rows[0]["body"] == body
 
 
 async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
