@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import replay
+from app import replay, tracking
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -193,3 +193,27 @@ async def list_deliveries(request: Request) -> Response:
     except StoreError:
         raise StoreUnavailable(headers={"Retry-After": "1"}) from None
     return JSONResponse(page.model_dump(mode="json"))
+
+
+async def get_job(request: Request) -> Response:
+    require_scope(request, "read")
+    try:
+        answer = await tracking.entity_state(
+            request.app.state.runtime.store, "job", request.path_params["job_id"])
+    except StoreError:
+        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    if answer is None:
+        raise NotFound("no events of that job")
+    return JSONResponse(answer)
+
+
+async def get_file(request: Request) -> Response:
+    require_scope(request, "read")
+    try:
+        answer = await tracking.entity_state(
+            request.app.state.runtime.store, "file", request.path_params["file_id"])
+    except StoreError:
+        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    if answer is None:
+        raise NotFound("no events of that file")
+    return JSONResponse(answer)

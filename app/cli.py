@@ -276,6 +276,44 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _entity(settings: Settings, kind: str, entity_id: str) -> dict[str, Any] | None:
+    from app.tracking import entity_state
+
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    try:
+        return await entity_state(store, kind, entity_id)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+
+
+def cmd_entity(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    kind = "job" if args.verb == "jobs" else "file"
+    state = asyncio.run(_entity(_settings(args.config), kind, args.id))
+    if state is None:
+        print(f"no events of {kind} {args.id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    console = _console()
+    console.print(f"{kind} {args.id}: [bold]{state['state']}[/bold]"
+                  f" (outcome {state['outcome'] or '-'}, upstream retries {state['upstream_retries']},"
+                  f" time to done {state['time_to_done'] if state['time_to_done'] is not None else '-'} s)")
+    table = Table()
+    for column in ("at", "event", "type"):
+        table.add_column(column, no_wrap=True)
+    for step in state["timeline"]:
+        at = datetime.fromtimestamp(step["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(at, step["id"], step["type"])
+    console.print(table)
+    for anomaly in state["anomalies"]:
+        console.print(f"[yellow]anomaly:[/yellow] {anomaly}")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas import export_json_schemas
 
@@ -336,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--plan", action="store_true",
                             help="show which handlers would run, run nothing")
     replay_cmd.set_defaults(func=cmd_replay)
+
+    for noun in ("jobs", "files"):
+        entity = verbs.add_parser(noun, help=f"lifecycle of one {noun[:-1]}")
+        entity_verbs = entity.add_subparsers(dest="entity_verb", required=True)
+        show_entity = entity_verbs.add_parser("show", help=f"state and timeline of one {noun[:-1]}")
+        show_entity.add_argument("id")
+        show_entity.add_argument("--config")
+        show_entity.add_argument("--json", action="store_true")
+        entity.set_defaults(func=cmd_entity)
 
     prune = verbs.add_parser("prune", help="delete events past retention")
     prune.add_argument("--config")

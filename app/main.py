@@ -60,6 +60,8 @@ RECEIVER_ROUTES = [
     Route("/api/events/{event_id}/replay", api.replay_event, methods=["POST"]),
     Route("/api/replay", api.replay_many, methods=["POST"]),
     Route("/api/deliveries", api.list_deliveries, methods=["GET"]),
+    Route("/api/jobs/{job_id}", api.get_job, methods=["GET"]),
+    Route("/api/files/{file_id}", api.get_file, methods=["GET"]),
 ]
 
 
@@ -92,7 +94,8 @@ def create_app(
         ticks = None
         if background:
             ticks = start_scheduler(
-                Maintenance(runtime.store, runtime.clock, runtime.worker, settings.retention_days),
+                Maintenance(runtime.store, runtime.clock, runtime.worker, settings.retention_days,
+                            settings.sources, runtime.recorder),
                 sweep_seconds=runtime.worker.settings.sweep_seconds,  # type: ignore[union-attr]
             )
         if not settings.api.tokens and settings.server.on_loopback:

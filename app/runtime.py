@@ -19,6 +19,7 @@ from app.intake import Intake
 from app.ratelimit import RateLimiter
 from app.routing import Route, compile_routes
 from app.store import Store
+from app.upstream import Recorder
 from app.worker import Worker, WorkerSettings
 from handlers.registry import HandlerLoadError, LoadedHandler, load_handlers
 
@@ -48,6 +49,7 @@ class Runtime:
     routes: tuple[Route, ...] = field(init=False)
     handlers: dict[str, LoadedHandler] = field(init=False)
     worker: Worker | None = field(init=False, default=None)
+    recorder: Recorder = field(init=False)
 
     def __post_init__(self) -> None:
         server = self.settings.server
@@ -71,9 +73,11 @@ class Runtime:
                 lease_margin_seconds=configured.lease_margin_seconds,
                 sweep_seconds=configured.sweep_seconds,
             )
+        self.recorder = Recorder(self.intake.submit, self.routes, self.clock)
         if self.role in ("all", "worker"):
             self.worker = Worker(
-                self.store, self.handlers, self.http, self.clock, self.worker_settings
+                self.store, self.handlers, self.http, self.clock, self.worker_settings,
+                recorder=self.recorder,
             )
             self.intake.on_deliveries(self.worker.wake)
 

@@ -12,13 +12,20 @@ from dataclasses import dataclass
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from collections.abc import Mapping
+
+from app import lifecycle
 from app.clock import Clock
+from app.config import SourceSettings
 from app.store import Store, StoreError
+from app.store.base import LatestEvent
+from app.upstream import Recorded, Recorder
 from app.worker import Worker
 
 log = logging.getLogger("hookline.scheduler")
 
 DAY = 86_400.0
+STALL_LOOKBACK = 7 * DAY
 
 
 @dataclass
@@ -27,6 +34,8 @@ class Maintenance:
     clock: Clock
     worker: Worker | None
     retention_days: float
+    sources: Mapping[str, SourceSettings] | None = None
+    recorder: Recorder | None = None
 
     async def sweep(self) -> int:
         """Make expired leases claimable again and wake the worker."""
@@ -52,13 +61,54 @@ class Maintenance:
             log.info("pruned %d events past retention", pruned)
         return pruned
 
+    async def stalls(self) -> int:
+        """Record `<platform>.<job|file>.stalled` once for every job or file whose newest event
+        left it open for longer than its source's `stall_after_minutes`."""
+        if not self.sources or self.recorder is None:
+            return 0
+        now = self.clock.now()
+        shortest = min(s.stall_after_minutes for s in self.sources.values()) * 60
+        found = 0
+        for kind in ("job", "file"):
+            try:
+                latest = await self.store.latest_events(kind, now - STALL_LOOKBACK, now - shortest)
+            except StoreError as exc:
+                log.warning("stall sweep skipped: %s", exc)
+                return found
+            for item in latest:
+                found += await self._stall(kind, item.entity_id, item, now)
+        return found
+
+    async def _stall(self, kind: str, entity_id: str, item: LatestEvent, now: float) -> int:
+        source = self.sources.get(item.source) if self.sources else None
+        if (source is None or not lifecycle.is_open(item.type)
+                or now - item.received_at < source.stall_after_minutes * 60):
+            return 0
+        key = f"stall:{kind}:{entity_id}:{item.event_id}"
+        if not await self.store.mark_once(key, now):
+            return 0
+        # Platform events are named by platform; a Standard Webhooks source names its own.
+        platform = item.source if source.platform == "standard" else item.type.split(".", 1)[0]
+        assert self.recorder is not None
+        await self.recorder.record(Recorded(
+            source=item.source, type=f"{platform}.{kind}.stalled",
+            payload={"kind": kind, "id": entity_id, "last_event_id": item.event_id,
+                     "last_event_type": item.type, "idle_seconds": round(now - item.received_at)},
+            dedupe_key=key,
+            job_id=entity_id if kind == "job" else None,
+            file_id=entity_id if kind == "file" else None,
+        ))
+        return 1
+
 
 def start_scheduler(
-    maintenance: Maintenance, sweep_seconds: float = 5.0, prune_seconds: float = 3600.0
+    maintenance: Maintenance, sweep_seconds: float = 5.0, prune_seconds: float = 3600.0,
+    stall_seconds: float = 60.0,
 ) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler()
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
     scheduler.add_job(maintenance.sweep, "interval", seconds=sweep_seconds, id="sweep", **common)
     scheduler.add_job(maintenance.prune, "interval", seconds=prune_seconds, id="prune", **common)
+    scheduler.add_job(maintenance.stalls, "interval", seconds=stall_seconds, id="stalls", **common)
     scheduler.start()
     return scheduler

@@ -26,13 +26,16 @@ from app.batching import Batcher
 from app.clock import Clock
 from app.retry import Decision, Outcome, RetryPolicy, decide
 from app.store import Store, StoreError
-from app.store.base import Claim, Finished
-from handlers import Context, Permanent, Retry
+from app.store.base import Claim, Finished, PollClaim
+from app.upstream import Recorded, Recorder, StoreUpstream
+from handlers import Context, Permanent, PollOutcome, Retry
 from handlers.registry import LoadedHandler
 
 log = logging.getLogger("hookline.worker")
 
 ERROR_TEXT_MAX = 2000
+POLL_BACKOFF_BASE = 30.0
+POLL_BACKOFF_MAX = 600.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ def _retry_after(response: httpx.Response) -> float | None:
     return float(value) if value.isdigit() else None
 
 
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def classify(exc: BaseException) -> AttemptResult:
     """What one exception out of a handler means for its delivery."""
     if isinstance(exc, Permanent):
@@ -89,7 +96,9 @@ class Worker:
         clock: Clock,
         settings: WorkerSettings | None = None,
         rand: random.Random | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
+        self.recorder = recorder
         self.store = store
         self.handlers = handlers
         self.http = http
@@ -106,6 +115,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[int] | None = None
         self._outcomes: Batcher[Finished, bool] = Batcher(
             self.store.finish, maxsize=100_000, batch_max=512, name="hookline-outcomes"
         )
@@ -125,6 +135,8 @@ class Worker:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
+        if self._poll_task is not None:
+            await asyncio.wait([self._poll_task], timeout=self.settings.shutdown_grace_seconds)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.settings.shutdown_grace_seconds)
         unfinished = {task: claim for task, claim in self._inflight.items() if not task.done()}
@@ -174,6 +186,8 @@ class Worker:
                     continue
             for claim in claims:
                 self._spawn(claim)
+            if self._poll_task is None or self._poll_task.done():
+                self._poll_task = asyncio.create_task(self.run_polls_once(), name="polls")
             if claims and len(claims) == room:
                 continue  # there may be more due
             await self._idle(await self._until_next_due())
@@ -237,24 +251,90 @@ class Worker:
         except Exception as exc:  # the lease will expire and the delivery run again
             log.error("outcome of %s not recorded: %s", claim.delivery_id, exc)
 
+    # Status polls of upstream work.
+
+    async def run_polls_once(self) -> int:
+        """Claim the status polls that are due, run them all and record what they found."""
+        try:
+            claims = await self.store.claim_polls(
+                self.owner, self.clock.now(), self.lease_seconds, self.settings.claim_batch
+            )
+        except StoreError as exc:
+            log.warning("cannot claim polls (store unavailable): %s", exc)
+            return 0
+        if claims:
+            await asyncio.gather(*(self._run_poll(claim) for claim in claims))
+        return len(claims)
+
+    async def _run_poll(self, claim: PollClaim) -> None:
+        loaded = self.handlers.get(claim.handler)
+        poller = getattr(loaded.handler, "poll", None) if loaded is not None else None
+        now = self.clock.now()
+        if loaded is None or poller is None:
+            await self._close_poll(claim, None, f"no poller: handler {claim.handler!r}")
+            return
+        result: PollOutcome | None = None
+        if now >= claim.deadline:
+            result = PollOutcome("timeout", {"key": claim.key, **claim.data})
+        else:
+            try:
+                async with asyncio.timeout(loaded.settings.timeout_seconds):
+                    result = await poller(claim.data, self._context(loaded, claim.attempts))
+            except Permanent as exc:
+                await self._close_poll(claim, None, f"abandoned: {exc.reason}")
+                return
+            except Exception as exc:  # a failed poll is tried again at the next interval
+                log.warning("poll %s of %s failed: %s", claim.id, claim.key, classify(exc).error)
+        if result is None:
+            step = min(POLL_BACKOFF_MAX, POLL_BACKOFF_BASE * 2 ** (claim.attempts - 1))
+            await self._reschedule_poll(claim, min(claim.deadline, now + step))
+            return
+        await self._close_poll(claim, result, result.status)
+
+    async def _close_poll(self, claim: PollClaim, result: PollOutcome | None, outcome: str) -> None:
+        if result is not None and self.recorder is not None:
+            data = claim.data
+            try:
+                await self.recorder.record(Recorded(
+                    source=claim.handler, type=f"{claim.kind}.{result.status}",
+                    payload={**result.payload, "key": claim.key, "poll_id": claim.id,
+                             "caused_by": claim.event_id},
+                    dedupe_key=claim.id,
+                    job_id=_text(data.get("job_id")), file_id=_text(data.get("file_id")),
+                ))
+            except Exception as exc:  # not recorded: keep the poll and record it next time
+                log.warning("outcome of poll %s not recorded: %s", claim.id, exc)
+                await self._reschedule_poll(claim, self.clock.now() + 5)
+                return
+        with contextlib.suppress(StoreError):
+            await self.store.finish_poll(claim.id, self.owner, None, outcome, self.clock.now())
+
+    async def _reschedule_poll(self, claim: PollClaim, next_at: float) -> None:
+        with contextlib.suppress(StoreError):
+            await self.store.finish_poll(claim.id, self.owner, next_at, None, self.clock.now())
+
     def _policy(self, loaded: LoadedHandler | None) -> RetryPolicy:
         if loaded is None:
             return RetryPolicy(max_attempts=1)
         s = loaded.settings
         return RetryPolicy(s.max_attempts, s.backoff_base_seconds, s.backoff_max_seconds)
 
-    async def _attempt(self, loaded: LoadedHandler, claim: Claim) -> AttemptResult:
-        ctx = Context(
+    def _context(
+        self, loaded: LoadedHandler, attempt: int, upstream: StoreUpstream | None = None
+    ) -> Context:
+        return Context(
             http=self.http,
             options=loaded.options,
-            log=logging.LoggerAdapter(
-                logging.getLogger(f"hookline.handler.{loaded.name}"),
-                {"delivery_id": claim.delivery_id},
-            ),
+            log=logging.getLogger(f"hookline.handler.{loaded.name}"),
             clock=self.clock,
             handler_name=loaded.name,
-            attempt=claim.attempt,
+            attempt=attempt,
+            upstream=upstream,
         )
+
+    async def _attempt(self, loaded: LoadedHandler, claim: Claim) -> AttemptResult:
+        upstream = StoreUpstream(self.store, self.clock, loaded.name, claim.event)
+        ctx = self._context(loaded, claim.attempt, upstream)
         timeout = loaded.settings.timeout_seconds
         try:
             async with asyncio.timeout(timeout) as scope:

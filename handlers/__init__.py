@@ -4,13 +4,14 @@ A handler is any object with a `name` and `async def handle(event, ctx)`. Return
 success; raising `Retry(after=...)` asks for another try (after at least `after` seconds);
 raising `Permanent(reason)` dead-letters the delivery at once; any other exception is a
 transient failure and is retried with backoff. A handler may declare `Options`, a pydantic
-model its config `options` are validated against when hookline starts.
+model its config `options` are validated against when hookline starts, and a handler that acts on
+an upstream platform may declare `async def poll(data, ctx) -> PollOutcome | None` to be asked
+for the status of what it started (None: not finished yet).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,7 +19,9 @@ import httpx
 
 from schemas.records import EventRecord
 
-__all__ = ["Context", "Event", "Handler", "Permanent", "Retry", "HandlerError"]
+__all__ = [
+    "Context", "Event", "Handler", "HandlerError", "Permanent", "PollOutcome", "Retry", "Upstream",
+]
 
 Event = EventRecord
 
@@ -56,6 +59,49 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
 
+class Upstream(Protocol):
+    """Durable bookkeeping for handlers that act on an upstream platform. Every count lives in
+    the store, so it holds across restarts and across workers."""
+
+    async def take_budget(self, key: str, limit: int) -> int | None:
+        """Count one more upstream retry for `key` (e.g. "dcycle:file:<id>"): the new count,
+        or None (nothing counted) when `limit` retries were already used."""
+        ...
+
+    async def refund_budget(self, key: str) -> None:
+        """Give back one count taken for `key` (the upstream call never reached the platform)."""
+        ...
+
+    async def once(self, key: str) -> bool:
+        """True the first time `key` is seen, False ever after: for actions that must never be
+        repeated (a resubmission that the platform cannot deduplicate)."""
+        ...
+
+    async def schedule_poll(
+        self, kind: str, key: str, data: dict[str, Any], first_after: float, deadline_after: float
+    ) -> str:
+        """Ask for status polls about `key`: the poll runner calls this handler's
+        `poll(data, ctx)` the first time in `first_after` seconds and then with backoff, and
+        records the outcome as an event of type `<kind>.<outcome>`; at `deadline_after` seconds
+        from now it gives up and records `<kind>.timeout`. Returns the poll's id."""
+        ...
+
+    async def related_events(
+        self, *, job_id: str | None = None, file_id: str | None = None
+    ) -> list[EventRecord]:
+        """Stored events of one job or file, oldest first, with payloads."""
+        ...
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """What one status poll found: `status` is a terminal outcome name (the recorded event's
+    type is `<kind>.<status>`), `payload` what the event carries."""
+
+    status: str
+    payload: dict[str, Any]
+
+
 @dataclass
 class Context:
     """What a handler is given for one delivery."""
@@ -66,8 +112,8 @@ class Context:
     clock: Clock
     handler_name: str
     attempt: int = 1
+    upstream: Upstream | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-    emit: Callable[..., Any] | None = None
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ import abc
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from schemas.records import DeliveryPage, EventPage, EventRecord, NewEvent, Saved
 
@@ -55,6 +56,31 @@ class Finished:
     next_attempt_at: float | None = None
     error: str | None = None
     http_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollClaim:
+    """A status poll leased to one worker."""
+
+    id: str
+    handler: str
+    kind: str
+    key: str
+    data: dict[str, Any]
+    event_id: str | None
+    attempts: int
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class LatestEvent:
+    """The newest event of one job or file (for stall detection)."""
+
+    entity_id: str
+    event_id: str
+    source: str
+    type: str
+    received_at: float
 
 
 class Store(abc.ABC):
@@ -136,6 +162,53 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def prune(self, before: float) -> int:
         """Delete events received before `before`, with their deliveries and attempts."""
+
+
+    # Upstream bookkeeping.
+
+    @abc.abstractmethod
+    async def take_budget(self, key: str, limit: int, now: float) -> int | None:
+        """Count one more use of `key` unless `limit` uses were counted: the new count or None."""
+
+    @abc.abstractmethod
+    async def refund_budget(self, key: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def budget_used(self, keys: Sequence[str]) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    async def mark_once(self, key: str, now: float) -> bool:
+        """True if `key` was not marked before (and is now)."""
+
+    @abc.abstractmethod
+    async def add_poll(
+        self, handler: str, kind: str, key: str, data: dict[str, Any], event_id: str | None,
+        next_at: float, deadline: float, now: float,
+    ) -> str: ...
+
+    @abc.abstractmethod
+    async def claim_polls(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[PollClaim]: ...
+
+    @abc.abstractmethod
+    async def finish_poll(
+        self, poll_id: str, owner: str, next_at: float | None, outcome: str | None, now: float
+    ) -> bool:
+        """Reschedule (next_at) or close (next_at None, with its outcome) a claimed poll."""
+
+    @abc.abstractmethod
+    async def events_of(
+        self, kind: Literal["job", "file"], entity_id: str, limit: int = 1000
+    ) -> list[EventRecord]:
+        """The events of one job or file, oldest first, with payloads."""
+
+    @abc.abstractmethod
+    async def latest_events(
+        self, kind: Literal["job", "file"], since: float, until: float
+    ) -> list[LatestEvent]:
+        """For every job (or file) seen since `since`, its newest event if that is older than
+        `until`."""
 
 
 def encode_cursor(seq: int) -> str:

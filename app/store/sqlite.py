@@ -14,7 +14,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -23,6 +23,8 @@ from app.store.base import (
     Claim,
     EventFilter,
     Finished,
+    LatestEvent,
+    PollClaim,
     Store,
     StoreError,
     decode_cursor,
@@ -439,6 +441,134 @@ class SQLiteStore(Store):
 
         pruned: int = await self._write(steps)
         return pruned
+
+    # Upstream bookkeeping.
+
+    async def take_budget(self, key: str, limit: int, now: float) -> int | None:
+        async def steps(conn: aiosqlite.Connection) -> int | None:
+            rows = await conn.execute_fetchall(
+                "INSERT INTO budgets (key, used, updated_at) SELECT ?, 1, ? WHERE ? > 0 "
+                "ON CONFLICT (key) DO UPDATE SET used = used + 1, updated_at = excluded.updated_at "
+                "WHERE used < ? RETURNING used",
+                (key, now, limit, limit),
+            )
+            return int(rows[0][0]) if rows else None
+
+        used: int | None = await self._write(steps)
+        return used
+
+    async def refund_budget(self, key: str, now: float) -> None:
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE budgets SET used = max(0, used - 1), updated_at = ? WHERE key = ?",
+                (now, key),
+            )
+
+        await self._write(steps)
+
+    async def budget_used(self, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = await self._read(f"SELECT key, used FROM budgets WHERE key IN ({marks})", keys)
+        return {row[0]: row[1] for row in rows}
+
+    async def mark_once(self, key: str, now: float) -> bool:
+        async def steps(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "INSERT INTO marks (key, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (key, now),
+            )
+            return cursor.rowcount == 1
+
+        fresh: bool = await self._write(steps)
+        return fresh
+
+    async def add_poll(
+        self, handler: str, kind: str, key: str, data: dict[str, Any], event_id: str | None,
+        next_at: float, deadline: float, now: float,
+    ) -> str:
+        poll_id = new_id("pol", now)
+
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO polls (id, handler, kind, key, data, event_id, status, next_at, "
+                "deadline, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?, ?)",
+                (poll_id, handler, kind, key, json.dumps(data), event_id, next_at, deadline,
+                 now, now),
+            )
+
+        await self._write(steps)
+        return poll_id
+
+    async def claim_polls(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[PollClaim]:
+        async def steps(conn: aiosqlite.Connection) -> list[PollClaim]:
+            rows = await conn.execute_fetchall(
+                "UPDATE polls SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
+                "attempts = attempts + 1, updated_at = ? WHERE id IN (SELECT id FROM polls "
+                "WHERE (status = 'waiting' AND next_at <= ?) OR (status = 'running' "
+                "AND lease_expires_at <= ?) ORDER BY next_at LIMIT ?) "
+                "RETURNING id, handler, kind, key, data, event_id, attempts, deadline",
+                (owner, now + lease_seconds, now, now, now, limit),
+            )
+            return [
+                PollClaim(r["id"], r["handler"], r["kind"], r["key"], json.loads(r["data"]),
+                          r["event_id"], r["attempts"], r["deadline"])
+                for r in rows
+            ]
+
+        claims: list[PollClaim] = await self._write(steps)
+        return claims
+
+    async def finish_poll(
+        self, poll_id: str, owner: str, next_at: float | None, outcome: str | None, now: float
+    ) -> bool:
+        status = "waiting" if next_at is not None else "done"
+
+        async def steps(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "UPDATE polls SET status = ?, next_at = coalesce(?, next_at), outcome = ?, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (status, next_at, outcome, now, poll_id, owner),
+            )
+            return cursor.rowcount == 1
+
+        held: bool = await self._write(steps)
+        return held
+
+    async def events_of(
+        self, kind: Literal["job", "file"], entity_id: str, limit: int = 1000
+    ) -> list[EventRecord]:
+        column = "job_id" if kind == "job" else "file_id"
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS}, headers, query, payload FROM events "
+            f"WHERE {column} = ? ORDER BY seq LIMIT ?",
+            (entity_id, limit),
+        )
+        return [_event_record(row, detail=True) for row in rows]
+
+    async def latest_events(
+        self, kind: Literal["job", "file"], since: float, until: float
+    ) -> list[LatestEvent]:
+        column = "job_id" if kind == "job" else "file_id"
+        rows = await self._read(
+            f"SELECT e.{column} AS entity, e.id, e.source, e.type, e.received_at FROM events e "
+            f"JOIN (SELECT max(seq) AS seq FROM events WHERE {column} IS NOT NULL "
+            f"AND received_at >= ? GROUP BY {column}) newest ON newest.seq = e.seq "
+            f"WHERE e.received_at < ?",
+            (since, until),
+        )
+        return [LatestEvent(r["entity"], r["id"], r["source"], r["type"], r["received_at"])
+                for r in rows]
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        try:
+            return list(await self.reader.execute_fetchall(sql, params))
+        except _SQLITE_ERRORS as exc:
+            raise StoreError(str(exc)) from exc
 
 
 _DUE = """

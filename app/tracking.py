@@ -1,0 +1,34 @@
+"""The state of one job or file, as the API and the CLI show it: the pure lifecycle fold over
+its events, checked against its job's story, with the upstream retries counted in the store."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from app import lifecycle
+from app.store import Store
+
+
+async def entity_state(
+    store: Store, kind: Literal["job", "file"], entity_id: str
+) -> dict[str, Any] | None:
+    """The lifecycle of a job or file, or None when no event names it."""
+    events = await store.events_of(kind, entity_id)
+    if not events:
+        return None
+    life = lifecycle.fold(kind, entity_id, lifecycle.steps_from(events))
+    if kind == "file":
+        for job_id in sorted({e.job_id for e in events if e.job_id}):
+            job_events = await store.events_of("job", job_id)
+            job = lifecycle.fold("job", job_id, lifecycle.steps_from(job_events))
+            anomaly = lifecycle.job_failed_before_file_done(life, job)
+            if anomaly:
+                life.anomalies.append(anomaly)
+    # Budgets are counted per "<platform>:<kind>:<id>" by the upstream handlers.
+    platforms = {e.type.split(".", 1)[0] for e in events} | {e.source for e in events}
+    used = await store.budget_used([f"{p}:{kind}:{entity_id}" for p in sorted(platforms)])
+    answer = life.as_dict()
+    answer["upstream_retries"] = sum(used.values())
+    answer["job_ids"] = sorted({e.job_id for e in events if e.job_id})
+    answer["file_ids"] = sorted({e.file_id for e in events if e.file_id})
+    return answer
