@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from handlers import Context, Event, Permanent, Retry
+from handlers import Context, Event, Permanent, PollOutcome, Retry
 
 
 class Recorder:
@@ -82,5 +82,29 @@ garbage = Garbage()
 
 def reset() -> None:
     recorder.calls.clear()
+    poller.__init__()  # type: ignore[misc]
     flaky.failures, flaky.calls = 2, 0
     hangs.__init__()  # type: ignore[misc]
+
+
+class Poller:
+    """Starts upstream work and reports its status: not yet, then the scripted outcome."""
+
+    name = "poller"
+
+    def __init__(self) -> None:
+        self.answers: list[PollOutcome | None] = []
+        self.polled: list[dict[str, Any]] = []
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        assert ctx.upstream is not None
+        file_id = event.payload["data"]["file_id"]
+        await ctx.upstream.schedule_poll("fake.reading", f"fake:file:{file_id}",
+                                         {"file_id": file_id}, 60, 3600)
+
+    async def poll(self, data: dict[str, Any], ctx: Context) -> PollOutcome | None:
+        self.polled.append(data)
+        return self.answers.pop(0) if self.answers else None
+
+
+poller = Poller()
