@@ -1,4 +1,5 @@
-"""The store contract: the same tests for every backend (SQLite files here)."""
+"""The store contract: the same tests for every backend (SQLite always, PostgreSQL when
+HOOKLINE_TEST_POSTGRES_URL names a server)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def event(n: int, key: str | None = None, source: str = "s", type_: str = "a.job
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    backend = store_from_url(f"sqlite:///{tmp_path / 'store.db'}")
+async def store(store_url: str) -> AsyncIterator[Store]:
+    backend = store_from_url(store_url)
     await backend.open()
     yield backend
     await backend.close()
@@ -108,9 +109,9 @@ async def test_list_filters_and_cursor(store: Store) -> None:
         await store.list_events(EventFilter(), 5, "garbage!")
 
 
-async def test_migrations_are_recorded_and_idempotent(store: Store, tmp_path: Path) -> None:
+async def test_migrations_are_recorded_and_idempotent(store: Store, store_url: str) -> None:
     assert await store.migrate() == []
-    again = store_from_url(f"sqlite:///{tmp_path / 'store.db'}")
+    again = store_from_url(store_url)
     await again.open()
     assert await again.migrate() == []
     await again.close()
@@ -120,3 +121,83 @@ async def test_closed_store_raises_store_error(store: Store) -> None:
     await store.close()
     with pytest.raises(StoreError):
         await store.ping()
+
+
+async def test_claims_leases_and_outcomes(store: Store) -> None:
+    from app.store.base import Finished
+
+    [saved] = await store.save_events([event(1, handlers=("a", "b"))])
+    assert await store.next_due_at() == T0 + 1
+    first = await store.claim_due("w1", T0 + 10, 30, 1)
+    second = await store.claim_due("w2", T0 + 10, 30, 10)
+    assert len(first) == 1 and len(second) == 1
+    assert {first[0].handler, second[0].handler} == {"a", "b"}
+    assert first[0].event.payload == {"n": 1} and first[0].event.body == b'{"n": 1}'
+    assert await store.claim_due("w3", T0 + 10, 30, 10) == []
+
+    done = Finished(first[0].delivery_id, "w1", 1, T0 + 11, "succeeded", "succeeded")
+    assert await store.finish([done]) == [True]
+    assert await store.finish([done]) == [False]  # no longer leased
+    assert await store.release("w2", [second[0].delivery_id], T0 + 12) == 1
+    record = await store.get_event(saved.id)
+    assert record is not None
+    by_handler = {d.handler: d for d in record.deliveries}
+    assert by_handler[first[0].handler].status == "succeeded"
+    assert by_handler[second[0].handler].status == "pending"
+    assert by_handler[second[0].handler].attempts == 0
+    assert record.status == "pending"
+
+    again = await store.claim_due("w3", T0 + 13, 30, 10)
+    assert [c.delivery_id for c in again] == [second[0].delivery_id]
+    assert await store.reap_expired(T0 + 100) == 1
+    dead = Finished(again[0].delivery_id, "w3", 1, T0 + 101, "permanent", "dead", error="no")
+    assert await store.finish([dead]) == [False]  # the lease was reaped
+    [retaken] = await store.claim_due("w4", T0 + 101, 30, 10)
+    assert retaken.attempt == 2
+    dead = Finished(retaken.delivery_id, "w4", 2, T0 + 102, "permanent", "dead", error="no")
+    assert await store.finish([dead]) == [True]
+    record = await store.get_event(saved.id)
+    assert record is not None and record.status == "failed"
+    page = await store.list_deliveries("dead", None, 10)
+    assert [d.id for d in page.items] == [retaken.delivery_id]
+    assert page.items[0].event_type == "a.job.done"
+    # The reaped worker's late outcome is kept on its attempt; only the state was refused.
+    [attempts] = [d.attempt_log for d in record.deliveries if d.status == "dead"]
+    assert [a.outcome for a in attempts] == ["permanent", "permanent"]
+
+    [fresh] = await store.add_deliveries(saved.id, ["b"], T0 + 200)
+    assert (await store.get_event(saved.id)).status == "pending"  # type: ignore[union-attr]
+    assert fresh.startswith("dlv_")
+
+
+async def test_budgets_marks_and_polls(store: Store) -> None:
+    assert [await store.take_budget("k", 2, T0) for _ in range(3)] == [1, 2, None]
+    await store.refund_budget("k", T0)
+    assert await store.budget_used(["k", "other"]) == {"k": 1}
+    assert await store.mark_once("m", T0) and not await store.mark_once("m", T0)
+    poll_id = await store.add_poll("h", "x.reading", "x:file:1", {"file_id": "1"}, None,
+                                   T0 + 60, T0 + 600, T0)
+    assert await store.claim_polls("w", T0 + 59, 30, 10) == []
+    [claim] = await store.claim_polls("w", T0 + 60, 30, 10)
+    assert (claim.id, claim.data, claim.attempts) == (poll_id, {"file_id": "1"}, 1)
+    assert await store.claim_polls("w2", T0 + 61, 30, 10) == []
+    assert await store.finish_poll(poll_id, "w", T0 + 120, None, T0 + 61)
+    [claim] = await store.claim_polls("w2", T0 + 120, 30, 10)
+    assert claim.attempts == 2
+    assert await store.finish_poll(poll_id, "w2", None, "success", T0 + 121)
+    assert await store.claim_polls("w2", T0 + 10_000, 30, 10) == []
+
+
+async def test_entity_queries(store: Store) -> None:
+    await store.save_events([event(1, job_id="j1"), event(2, job_id="j1"), event(3, job_id="j2")])
+    assert [e.received_at for e in await store.events_of("job", "j1")] == [T0 + 1, T0 + 2]
+    latest = await store.latest_events("job", T0, T0 + 2.5)
+    assert [(item.entity_id, item.received_at) for item in latest] == [("j1", T0 + 2)]
+
+
+async def test_prune(store: Store) -> None:
+    await store.save_events([event(1, handlers=("a",)), event(50)])
+    assert await store.prune(T0 + 10) == 1
+    page = await store.list_events(EventFilter(), 10)
+    assert [item.received_at for item in page.items] == [T0 + 50]
+    assert (await store.list_deliveries(None, None, 10)).items == []

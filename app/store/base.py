@@ -233,7 +233,11 @@ def store_from_url(url: str) -> Store:
 
         return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
     if url.startswith(("postgresql://", "postgres://")):
-        from app.store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
-
-        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
+        try:
+            from app.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                "PostgreSQL storage needs asyncpg: pip install 'hookline[postgres]'"
+            ) from exc
+        return PostgresStore(url)
     raise StoreError(f"unsupported storage URL scheme in {url.split(':', 1)[0]!r}")

@@ -1,0 +1,545 @@
+"""The PostgreSQL backend (asyncpg): one database shared by many receivers and workers.
+
+The same named operations as the SQLite store, written for concurrency between processes:
+an ingest batch is one statement (events inserted, duplicates skipped by the unique key,
+deliveries fanned out in the same statement); claims take rows with `FOR UPDATE SKIP LOCKED`, so
+workers never wait for each other; new deliveries `NOTIFY` listening workers; migrations and
+singleton jobs run under advisory locks. Every driver or network failure becomes a StoreError,
+which the web layer answers with 503 and the worker with a back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from importlib import resources
+from typing import Any, Literal
+
+import asyncpg
+
+from app.ids import new_id
+from app.store.base import (
+    Claim,
+    EventFilter,
+    Finished,
+    LatestEvent,
+    PollClaim,
+    Store,
+    StoreError,
+    decode_cursor,
+    encode_cursor,
+)
+from schemas.records import (
+    AttemptRecord,
+    DeliveryPage,
+    DeliveryRecord,
+    EventPage,
+    EventRecord,
+    NewEvent,
+    Saved,
+)
+
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_MIGRATION_LOCK = 7_264_155_001
+NOTIFY_CHANNEL = "hookline_deliveries"
+
+_EVENT_COLUMNS = (
+    "seq, id, source, type, dedupe_key, status, received_at, occurred_at, job_id, file_id, "
+    "company_id, task_ids"
+)
+_SAVE_BATCH = """
+WITH rows AS (
+    SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
+        id text, source text, type text, dedupe_key text, status text,
+        received_at double precision, occurred_at double precision, job_id text, file_id text,
+        company_id text, task_ids jsonb, handlers jsonb, headers jsonb, query text,
+        payload jsonb, body text)
+), inserted AS (
+    INSERT INTO events (id, source, type, dedupe_key, status, received_at, occurred_at, job_id,
+                        file_id, company_id, task_ids, handlers, headers, query, payload, body)
+    SELECT id, source, type, dedupe_key, status, received_at, occurred_at, job_id, file_id,
+           company_id, task_ids, handlers, headers, query, payload, convert_to(body, 'UTF8')
+    FROM rows
+    ON CONFLICT (source, dedupe_key) DO NOTHING
+    RETURNING id, handlers, received_at
+), fanned AS (
+    INSERT INTO deliveries (id, event_id, handler, status, attempts, next_attempt_at,
+                            created_at, updated_at)
+    SELECT 'dlv_' || md5(random()::text || inserted.id || h.value), inserted.id, h.value,
+           'pending', 0, inserted.received_at, inserted.received_at, inserted.received_at
+    FROM inserted, jsonb_array_elements_text(inserted.handlers) AS h(value)
+    RETURNING 1
+)
+SELECT id FROM inserted
+"""
+_REFRESH_STATUS = """
+UPDATE events SET status = CASE
+    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+                 AND d.status IN ('pending', 'running')) THEN 'pending'
+    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'dead'
+                 AND NOT EXISTS (SELECT 1 FROM deliveries s WHERE s.event_id = d.event_id
+                                 AND s.handler = d.handler AND s.status = 'succeeded'
+                                 AND s.seq > d.seq)) THEN 'failed'
+    ELSE 'delivered' END
+WHERE id IN (SELECT event_id FROM deliveries WHERE id = ANY($1::text[]))
+"""
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("app.store") / "migrations" / "postgres"
+    found = [(int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8"))
+             for entry in folder.iterdir() if entry.name.endswith(".sql")]
+    return sorted(found)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
+        self.url = url
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    # Connection management.
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=self.min_size, max_size=self.max_size,
+                init=_init_connection, command_timeout=30,
+            )
+            await self.migrate()
+        except _ERRORS as exc:
+            await self.close()
+            raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(*_ERRORS):
+                await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except _ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._conn() as conn, conn.transaction():
+            yield conn
+
+    async def migrate(self) -> list[int]:
+        applied = []
+        async with self._conn() as conn:
+            # Several processes starting at once: one migrates, the others wait and find it done.
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                    "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, sql in _migrations():
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                    applied.append(version)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return applied
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever any process adds deliveries."""
+        try:
+            self._listener = await asyncpg.connect(self.url)
+            await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: callback())
+        except _ERRORS as exc:
+            raise StoreError(str(exc)) from exc
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Whether this process holds the advisory lock `name` (held for the block)."""
+        async with self._conn() as conn:
+            held = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", name)
+            try:
+                yield bool(held)
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", name)
+
+    # Events.
+
+    async def save_events(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
+        try:
+            async with self._conn() as conn:
+                rows = await conn.fetch(_SAVE_BATCH, _batch_json(events))
+                inserted = {row["id"] for row in rows}
+                return list(await _resolve(conn, events, inserted))
+        except StoreError:
+            pass
+        return await self._save_one_by_one(events)
+
+    async def _save_one_by_one(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
+        results: list[Saved | StoreError] = []
+        for event in events:
+            try:
+                async with self._conn() as conn:
+                    rows = await conn.fetch(_SAVE_BATCH, _batch_json([event]))
+                    [saved] = await _resolve(conn, [event], {row["id"] for row in rows})
+                    results.append(saved)
+            except StoreError as exc:
+                results.append(StoreError(f"event not stored: {exc}"))
+        return results
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_EVENT_COLUMNS}, headers, query, payload FROM events WHERE id = $1",
+                event_id)
+            if row is None:
+                return None
+            record = _event_record(row, detail=True)
+            deliveries = await conn.fetch(
+                "SELECT * FROM deliveries WHERE event_id = $1 ORDER BY created_at, handler",
+                event_id)
+            record.deliveries = [_delivery_record(d) for d in deliveries]
+            for delivery in record.deliveries:
+                attempts = await conn.fetch(
+                    "SELECT number, started_at, ended_at, outcome, error, http_status "
+                    "FROM attempts WHERE delivery_id = $1 ORDER BY number", delivery.id)
+                delivery.attempt_log = [AttemptRecord(**dict(a)) for a in attempts]
+            return record
+
+    async def list_events(
+        self, filters: EventFilter, limit: int, cursor: str | None = None
+    ) -> EventPage:
+        where: list[str] = []
+        params: list[Any] = []
+        for sql, value in _event_clauses(filters):
+            params.append(value)
+            where.append(sql.replace("?", f"${len(params)}"))
+        if cursor is not None:
+            params.append(decode_cursor(cursor))
+            where.append(f"seq < ${len(params)}")
+        params.append(limit + 1)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq DESC LIMIT ${len(params)}"
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *params)
+        items = [_event_record(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        return EventPage(items=items, next_cursor=next_cursor)
+
+    # Dispatch.
+
+    async def claim_due(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[Claim]:
+        async with self._tx() as conn:
+            ids = [r["id"] for r in await conn.fetch(
+                "SELECT id FROM deliveries WHERE (status = 'pending' AND next_attempt_at <= $1) "
+                "OR (status = 'running' AND lease_expires_at <= $1) "
+                "ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)]
+            if not ids:
+                return []
+            await conn.execute(
+                "UPDATE attempts SET outcome = 'lost', ended_at = $1, error = 'lease expired' "
+                "WHERE outcome = 'running' AND delivery_id = ANY($2::text[])", now, ids)
+            await conn.execute(
+                "UPDATE deliveries SET status = 'running', lease_owner = $1, "
+                "lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 "
+                "WHERE id = ANY($4::text[])", owner, now + lease_seconds, now, ids)
+            await conn.execute(
+                "INSERT INTO attempts (delivery_id, number, started_at, outcome) "
+                "SELECT id, attempts, $1, 'running' FROM deliveries WHERE id = ANY($2::text[])",
+                now, ids)
+            rows = await conn.fetch(
+                f"SELECT d.id AS delivery_id, d.handler, d.attempts, "
+                f"{', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))}, "
+                f"e.headers, e.query, e.payload, e.body FROM deliveries d "
+                f"JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1::text[])", ids)
+        order = {delivery_id: n for n, delivery_id in enumerate(ids)}
+        claims = [Claim(r["delivery_id"], r["handler"], r["attempts"],
+                        _event_record(r, detail=True)) for r in rows]
+        return sorted(claims, key=lambda c: order[c.delivery_id])
+
+    async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:
+        held: list[bool | StoreError] = []
+        async with self._tx() as conn:
+            for r in results:
+                await conn.execute(
+                    "UPDATE attempts SET ended_at = $1, outcome = $2, error = $3, "
+                    "http_status = $4 WHERE delivery_id = $5 AND number = $6",
+                    r.ended_at, r.outcome, r.error, r.http_status, r.delivery_id, r.attempt)
+                status = await conn.execute(
+                    "UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_owner = NULL, "
+                    "lease_expires_at = NULL, last_error = $3, updated_at = $4 WHERE id = $5 "
+                    "AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
+                    r.status, r.next_attempt_at, r.error, r.ended_at, r.delivery_id, r.owner,
+                    r.attempt)
+                held.append(status == "UPDATE 1")
+            await conn.execute(_REFRESH_STATUS, [r.delivery_id for r in results])
+        return held
+
+    async def release(self, owner: str, delivery_ids: Sequence[str], now: float) -> int:
+        if not delivery_ids:
+            return 0
+        async with self._tx() as conn:
+            await conn.execute(
+                "DELETE FROM attempts WHERE outcome = 'running' AND delivery_id IN "
+                "(SELECT id FROM deliveries WHERE lease_owner = $1 AND id = ANY($2::text[]))",
+                owner, list(delivery_ids))
+            status = await conn.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = attempts - 1, "
+                "next_attempt_at = $1, lease_owner = NULL, lease_expires_at = NULL, "
+                "updated_at = $1 WHERE lease_owner = $2 AND status = 'running' "
+                "AND id = ANY($3::text[])", now, owner, list(delivery_ids))
+        return int(status.split()[-1])
+
+    async def reap_expired(self, now: float) -> int:
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE attempts SET outcome = 'lost', ended_at = $1, error = 'lease expired' "
+                "WHERE outcome = 'running' AND delivery_id IN (SELECT id FROM deliveries "
+                "WHERE status = 'running' AND lease_expires_at <= $1)", now)
+            status = await conn.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 "
+                "WHERE status = 'running' AND lease_expires_at <= $1", now)
+        return int(status.split()[-1])
+
+    async def next_due_at(self) -> float | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "SELECT least((SELECT min(next_attempt_at) FROM deliveries "
+                "WHERE status = 'pending'), (SELECT min(lease_expires_at) FROM deliveries "
+                "WHERE status = 'running'))")
+        return None if value is None else float(value)
+
+    async def add_deliveries(self, event_id: str, handlers: Sequence[str], now: float) -> list[str]:
+        ids = [new_id("dlv", now) for _ in handlers]
+        async with self._tx() as conn:
+            await conn.executemany(
+                "INSERT INTO deliveries (id, event_id, handler, status, attempts, "
+                "next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, 'pending', 0, "
+                "$4, $4, $4)", [(i, event_id, h, now) for i, h in zip(ids, handlers, strict=True)])
+            await conn.execute("UPDATE events SET status = 'pending' WHERE id = $1", event_id)
+        return ids
+
+    async def list_deliveries(
+        self, status: str | None, handler: str | None, limit: int, cursor: str | None = None,
+        event_type: str | None = None, since: float | None = None,
+    ) -> DeliveryPage:
+        clauses: list[tuple[str, Any]] = [
+            ("d.status = ?", status), ("d.handler = ?", handler),
+            ("e.type LIKE ?", _glob_to_like(event_type) if event_type else None),
+            ("e.received_at >= ?", since),
+            ("d.seq < ?", decode_cursor(cursor) if cursor else None),
+        ]
+        where, params = _numbered([(sql, v) for sql, v in clauses if v is not None])
+        sql = "SELECT d.*, e.type AS event_type FROM deliveries d JOIN events e ON e.id = d.event_id"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        params.append(limit + 1)
+        sql += f" ORDER BY d.seq DESC LIMIT ${len(params)}"
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *params)
+        items = [_delivery_record(r) for r in rows[:limit]]
+        next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        return DeliveryPage(items=items, next_cursor=next_cursor)
+
+    async def prune(self, before: float) -> int:
+        async with self._tx() as conn:
+            status = await conn.execute("DELETE FROM events WHERE received_at < $1", before)
+        return int(status.split()[-1])
+
+    # Upstream bookkeeping.
+
+    async def take_budget(self, key: str, limit: int, now: float) -> int | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "INSERT INTO budgets (key, used, updated_at) SELECT $1, 1, $2 WHERE $3 > 0 "
+                "ON CONFLICT (key) DO UPDATE SET used = budgets.used + 1, "
+                "updated_at = excluded.updated_at WHERE budgets.used < $3 RETURNING used",
+                key, now, limit)
+        return None if value is None else int(value)
+
+    async def refund_budget(self, key: str, now: float) -> None:
+        async with self._conn() as conn:
+            await conn.execute("UPDATE budgets SET used = greatest(0, used - 1), "
+                               "updated_at = $1 WHERE key = $2", now, key)
+
+    async def budget_used(self, keys: Sequence[str]) -> dict[str, int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch("SELECT key, used FROM budgets WHERE key = ANY($1::text[])",
+                                    list(keys))
+        return {r["key"]: r["used"] for r in rows}
+
+    async def mark_once(self, key: str, now: float) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "INSERT INTO marks (key, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                key, now)
+        return bool(status == "INSERT 0 1")
+
+    async def add_poll(
+        self, handler: str, kind: str, key: str, data: dict[str, Any], event_id: str | None,
+        next_at: float, deadline: float, now: float,
+    ) -> str:
+        poll_id = new_id("pol", now)
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO polls (id, handler, kind, key, data, event_id, status, next_at, "
+                "deadline, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'waiting', "
+                "$7, $8, $9, $9)", poll_id, handler, kind, key, json.dumps(data), event_id,
+                next_at, deadline, now)
+        return poll_id
+
+    async def claim_polls(
+        self, owner: str, now: float, lease_seconds: float, limit: int
+    ) -> list[PollClaim]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "UPDATE polls SET status = 'running', lease_owner = $1, lease_expires_at = $2, "
+                "attempts = attempts + 1, updated_at = $3 WHERE id IN (SELECT id FROM polls "
+                "WHERE (status = 'waiting' AND next_at <= $3) OR (status = 'running' "
+                "AND lease_expires_at <= $3) ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
+                "RETURNING id, handler, kind, key, data, event_id, attempts, deadline",
+                owner, now + lease_seconds, now, limit)
+        return [PollClaim(r["id"], r["handler"], r["kind"], r["key"], json.loads(r["data"]),
+                          r["event_id"], r["attempts"], r["deadline"]) for r in rows]
+
+    async def finish_poll(
+        self, poll_id: str, owner: str, next_at: float | None, outcome: str | None, now: float
+    ) -> bool:
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "UPDATE polls SET status = $1, next_at = coalesce($2, next_at), outcome = $3, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 "
+                "WHERE id = $5 AND lease_owner = $6 AND status = 'running'",
+                "waiting" if next_at is not None else "done", next_at, outcome, now, poll_id,
+                owner)
+        return bool(status == "UPDATE 1")
+
+    async def events_of(
+        self, kind: Literal["job", "file"], entity_id: str, limit: int = 1000
+    ) -> list[EventRecord]:
+        column = "job_id" if kind == "job" else "file_id"
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS}, headers, query, payload FROM events "
+                f"WHERE {column} = $1 ORDER BY seq LIMIT $2", entity_id, limit)
+        return [_event_record(r, detail=True) for r in rows]
+
+    async def latest_events(
+        self, kind: Literal["job", "file"], since: float, until: float
+    ) -> list[LatestEvent]:
+        column = "job_id" if kind == "job" else "file_id"
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT e.{column} AS entity, e.id, e.source, e.type, e.received_at "
+                f"FROM events e JOIN (SELECT max(seq) AS seq FROM events WHERE {column} IS NOT "
+                f"NULL AND received_at >= $1 GROUP BY {column}) newest ON newest.seq = e.seq "
+                f"WHERE e.received_at < $2", since, until)
+        return [LatestEvent(r["entity"], r["id"], r["source"], r["type"], r["received_at"])
+                for r in rows]
+
+
+async def _resolve(
+    conn: asyncpg.Connection, events: Sequence[NewEvent], inserted: set[str]
+) -> list[Saved]:
+    results = []
+    for event in events:
+        if event.id in inserted:
+            results.append(Saved(event.id, duplicate=False))
+            continue
+        first = await conn.fetchval(
+            "SELECT id FROM events WHERE source = $1 AND dedupe_key = $2",
+            event.source, event.dedupe_key)
+        results.append(Saved(first, duplicate=True))
+    return results
+
+
+def _batch_json(events: Sequence[NewEvent]) -> str:
+    return json.dumps([{
+        "id": e.id, "source": e.source, "type": e.type, "dedupe_key": e.dedupe_key,
+        "status": "pending" if e.handlers else "unrouted", "received_at": e.received_at,
+        "occurred_at": e.occurred_at, "job_id": e.job_id, "file_id": e.file_id,
+        "company_id": e.company_id, "task_ids": list(e.task_ids), "handlers": list(e.handlers),
+        "headers": e.headers, "query": e.query, "payload": e.payload,
+        "body": e.body.decode("utf-8"),
+    } for e in events], ensure_ascii=False)
+
+
+def _glob_to_like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _event_clauses(filters: EventFilter) -> list[tuple[str, Any]]:
+    clauses: list[tuple[str, Any]] = [
+        ("source = ?", filters.source),
+        ("type LIKE ?", _glob_to_like(filters.type) if filters.type else None),
+        ("status = ?", filters.status),
+        ("job_id = ?", filters.job_id),
+        ("file_id = ?", filters.file_id),
+        ("received_at >= ?", filters.since),
+        ("received_at < ?", filters.until),
+    ]
+    return [(sql, value) for sql, value in clauses if value is not None]
+
+
+def _numbered(clauses: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
+    where, params = [], []
+    for sql, value in clauses:
+        params.append(value)
+        where.append(sql.replace("?", f"${len(params)}"))
+    return where, params
+
+
+def _event_record(row: Any, detail: bool = False) -> EventRecord:
+    extra: dict[str, Any] = {}
+    keys = row.keys()
+    if detail:
+        extra = {"headers": row["headers"], "query": row["query"], "payload": row["payload"]}
+        if "body" in keys:
+            extra["body"] = bytes(row["body"])
+    return EventRecord(
+        id=row["id"], source=row["source"], type=row["type"], upstream_id=row["dedupe_key"],
+        status=row["status"], received_at=row["received_at"], occurred_at=row["occurred_at"],
+        job_id=row["job_id"], file_id=row["file_id"], company_id=row["company_id"],
+        task_ids=row["task_ids"], **extra,
+    )
+
+
+def _delivery_record(row: Any) -> DeliveryRecord:
+    keys = DeliveryRecord.model_fields.keys() & set(row.keys())
+    return DeliveryRecord(**{key: row[key] for key in keys})
