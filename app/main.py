@@ -91,6 +91,7 @@ def create_app(
         background = runtime.worker is not None and runtime.worker.settings.background
         if background:
             runtime.worker.start()  # type: ignore[union-attr]
+            await runtime.store.listen(runtime.wake_worker)
         ticks = None
         if background:
             ticks = start_scheduler(

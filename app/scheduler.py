@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from app import lifecycle
 from app.clock import Clock
@@ -101,14 +101,34 @@ class Maintenance:
         return 1
 
 
+def _singleton(store: Store, name: str, tick: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+    """Run `tick` only in the one process that holds the store's lock for `name`: with many
+    workers on one database each sweep runs once, and another process takes over when the
+    holder dies."""
+
+    async def guarded() -> int:
+        try:
+            async with store.exclusive(f"hookline:{name}") as held:
+                return await tick() if held else 0
+        except StoreError as exc:
+            log.warning("%s skipped: %s", name, exc)
+            return 0
+
+    return guarded
+
+
 def start_scheduler(
     maintenance: Maintenance, sweep_seconds: float = 5.0, prune_seconds: float = 3600.0,
     stall_seconds: float = 60.0,
 ) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler()
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+    store = maintenance.store
+    # The sweep only reaps leases and wakes this process's worker: every worker runs it.
     scheduler.add_job(maintenance.sweep, "interval", seconds=sweep_seconds, id="sweep", **common)
-    scheduler.add_job(maintenance.prune, "interval", seconds=prune_seconds, id="prune", **common)
-    scheduler.add_job(maintenance.stalls, "interval", seconds=stall_seconds, id="stalls", **common)
+    scheduler.add_job(_singleton(store, "prune", maintenance.prune), "interval",
+                      seconds=prune_seconds, id="prune", **common)
+    scheduler.add_job(_singleton(store, "stalls", maintenance.stalls), "interval",
+                      seconds=stall_seconds, id="stalls", **common)
     scheduler.start()
     return scheduler

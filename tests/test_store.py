@@ -201,3 +201,18 @@ async def test_prune(store: Store) -> None:
     page = await store.list_events(EventFilter(), 10)
     assert [item.received_at for item in page.items] == [T0 + 50]
     assert (await store.list_deliveries(None, None, 10)).items == []
+
+
+async def test_singleton_jobs_run_in_one_process(store: Store, store_url: str) -> None:
+    other = store_from_url(store_url)
+    await other.open()
+    try:
+        async with store.exclusive("hookline:prune") as mine:
+            async with other.exclusive("hookline:prune") as theirs:
+                shared_store = store_url.startswith("sqlite")
+                assert mine is True
+                assert theirs is shared_store  # one process per SQLite file; PG locks
+        async with other.exclusive("hookline:prune") as after:
+            assert after is True  # released with the block
+    finally:
+        await other.close()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import base64
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,6 +101,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreError unless the store answers."""
+
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when another process adds deliveries. A store used by one process
+        (SQLite) has nothing to listen to: the in-process wake-up covers it."""
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Whether this process may run the singleton job `name` now (held for the block).
+        One process per store (SQLite) always may."""
+        yield True
 
     @abc.abstractmethod
     async def save_events(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:

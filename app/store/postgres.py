@@ -175,7 +175,8 @@ class PostgresStore(Store):
             await conn.fetchval("SELECT 1")
 
     async def listen(self, callback: Callable[[], None]) -> None:
-        """Call `callback` whenever any process adds deliveries."""
+        """Call `callback` whenever any process adds deliveries. If this connection drops, the
+        worker's periodic sweep still finds what is due."""
         try:
             self._listener = await asyncpg.connect(self.url)
             await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: callback())
