@@ -72,9 +72,13 @@ class ForwardHandler:
             raise Permanent(f"host {host!r} is not in allowed_hosts")
         body = payload_bytes(event)
         headers: dict[str, Any] = {"content-type": "application/json", **options.headers}
+        # The id and time always travel, so a receiver can deduplicate our retries; the
+        # signature only when there is a secret to sign with.
+        stamp = int(ctx.clock.now())
+        headers.update({"webhook-id": event.id, "webhook-timestamp": str(stamp)})
         if options.secret is not None:
             headers.update(
-                signed_headers(options.secret.get_secret_value(), event.id, ctx.clock.now(), body)
+                signed_headers(options.secret.get_secret_value(), event.id, stamp, body)
             )
         response = await ctx.http.post(
             options.url, content=body, headers=headers, timeout=options.timeout

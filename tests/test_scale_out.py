@@ -1,0 +1,174 @@
+"""Scale-out on one PostgreSQL database: 2 receivers and 2 workers as real processes, one worker
+killed with SIGKILL mid-way; and receivers answering 503 while the database drops them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from server import ServerProcess, Sink, wait_until
+
+pytestmark = pytest.mark.postgres
+POSTGRES_URL = os.environ.get("HOOKLINE_TEST_POSTGRES_URL", "")
+TOKEN = "scale-token"
+
+
+@pytest.fixture
+def schema_url() -> Iterator[str]:
+    if not POSTGRES_URL:
+        pytest.skip("HOOKLINE_TEST_POSTGRES_URL is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}search_path={schema}"
+    finally:
+        asyncio.run(_admin(f"DROP SCHEMA {schema} CASCADE"))
+
+
+async def _admin(sql: str, url: str = POSTGRES_URL) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+def write_config(path: Path, url: str, sink_url: str) -> Path:
+    config = path / "scale.toml"
+    config.write_text(f"""
+[storage]
+url = "{url}"
+[worker]
+sweep_seconds = 0.2
+lease_margin_seconds = 1
+concurrency = 32
+[sources.load]
+platform = "standard"
+unknown_events = "accept"
+auth = {{ scheme = "header_token", header = "x-token", secrets = ["{TOKEN}"] }}
+[[routes]]
+match = "*"
+handler = "out"
+[handlers.out]
+use = "forward"
+timeout_seconds = 1
+backoff_base_seconds = 0.05
+[handlers.out.options]
+url = "{sink_url}"
+""")
+    return config
+
+
+async def post_all(urls: list[str], count: int, duplicates: int) -> dict[str, str]:
+    """Post `count` distinct events (plus `duplicates` repeats) round-robin over the receivers;
+    the acknowledged ids by upstream message id."""
+    acked: dict[str, str] = {}
+    slots = asyncio.Semaphore(48)
+    headers = {"content-type": "application/json", "x-token": TOKEN}
+
+    async def one(client: httpx.AsyncClient, n: int) -> None:
+        msg = f"msg-{n % count}"
+        body = ('{"type":"file.processing_failed","timestamp":"2026-11-01T00:00:00Z",'
+                f'"data":{{"file_id":"f-{n % count}"}}}}').encode()
+        async with slots:
+            response = await client.post(f"{urls[n % len(urls)]}/webhooks/load", content=body,
+                                         headers={**headers, "webhook-id": msg})
+        assert response.status_code in (200, 202), response.text
+        event_id = response.json()["id"]
+        assert acked.setdefault(msg, event_id) == event_id  # a duplicate names the first id
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        await asyncio.gather(*(one(client, n) for n in range(count + duplicates)))
+    return acked
+
+
+def test_two_receivers_two_workers_one_killed(tmp_path: Path, schema_url: str) -> None:
+    with Sink() as sink:
+        config = write_config(tmp_path, schema_url, sink.url)
+        receivers = [ServerProcess(["--config", str(config), "--role", "receiver"], tmp_path)
+                     for _ in range(2)]
+        workers = [ServerProcess(["--config", str(config), "--role", "worker"], tmp_path)
+                   for _ in range(2)]
+        processes = receivers + workers
+        try:
+            for process in processes:
+                process.wait_ready()
+            acked = asyncio.run(post_all([r.url for r in receivers], 5000, 500))
+            wait_until(lambda: sink.count() >= 1000, timeout=60)
+            workers[0].stop(signal.SIGKILL)
+
+            def delivered() -> Counter[str]:
+                with sink.lock:
+                    return Counter(headers["webhook-id"] for headers, _ in sink.requests)
+
+            wait_until(lambda: set(acked.values()) <= set(delivered()), timeout=120)
+        finally:
+            for process in processes:
+                process.stop()
+
+    stored = asyncio.run(_fetch(schema_url, "SELECT dedupe_key, count(*) AS n FROM events "
+                                            "GROUP BY dedupe_key"))
+    assert len(stored) == 5000 and all(row["n"] == 1 for row in stored)
+    twice = {event_id for event_id, n in delivered().items() if n > 1}
+    lost = asyncio.run(_fetch(schema_url, "SELECT DISTINCT d.event_id FROM attempts a "
+                                          "JOIN deliveries d ON d.id = a.delivery_id "
+                                          "WHERE a.outcome = 'lost'"))
+    # Only deliveries whose lease the killed worker held may have run twice.
+    assert twice <= {row["event_id"] for row in lost}
+
+
+def test_receivers_answer_503_while_the_database_drops_them(tmp_path: Path, schema_url: str) -> None:
+    with Sink() as sink:
+        config = write_config(tmp_path, schema_url, sink.url)
+        receiver = ServerProcess(["--config", str(config), "--role", "receiver"], tmp_path)
+        try:
+            receiver.wait_ready()
+            headers = {"content-type": "application/json", "x-token": TOKEN}
+            body = b'{"type":"t","timestamp":"2026-11-01T00:00:00Z","data":{}}'
+
+            def post(n: int) -> httpx.Response:
+                return httpx.post(f"{receiver.url}/webhooks/load", content=body, timeout=10,
+                                  headers={**headers, "webhook-id": f"outage-{n}"})
+
+            assert post(0).status_code == 202
+            # Refuse new connections to this database and drop the existing ones.
+            database = asyncio.run(_fetch(POSTGRES_URL, "SELECT current_database() AS d"))[0]["d"]
+            other = POSTGRES_URL.split("?")[0].rsplit("/", 1)[0] + "/postgres"
+            asyncio.run(_admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false', other))
+            try:
+                asyncio.run(_admin(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{database}' AND pid <> pg_backend_pid()", other))
+                answers = [post(n) for n in range(1, 6)]
+                assert {r.status_code for r in answers} == {503}
+                assert all(r.headers.get("retry-after") for r in answers)
+                ready = httpx.get(f"{receiver.url}/readyz", timeout=10)
+                assert ready.status_code == 503
+            finally:
+                asyncio.run(_admin(
+                    f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true', other))
+            wait_until(lambda: post(6).status_code == 202, timeout=30)
+            assert httpx.get(f"{receiver.url}/readyz", timeout=10).status_code == 200
+        finally:
+            receiver.stop()
+    stored = asyncio.run(_fetch(schema_url, "SELECT dedupe_key FROM events ORDER BY seq"))
+    keys = [row["dedupe_key"] for row in stored]
+    assert keys[0] == "outage-0" and "outage-1" not in keys  # nothing 503'd was stored
