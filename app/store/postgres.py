@@ -73,6 +73,24 @@ WITH rows AS (
 )
 SELECT id FROM inserted
 """
+# A whole batch of outcomes in one statement: the attempts and the deliveries whose lease the
+# finishing worker still holds.
+_FINISH_BATCH = """
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::text[],
+                         $6::text[], $7::float8[], $8::text[], $9::int[])
+        AS r(delivery_id, owner, attempt, ended_at, outcome, status, next_at, error, http_status)
+), attempt_rows AS (
+    UPDATE attempts a SET ended_at = r.ended_at, outcome = r.outcome, error = r.error,
+                          http_status = r.http_status
+    FROM r WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
+)
+UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_owner = NULL,
+                        lease_expires_at = NULL, last_error = r.error, updated_at = r.ended_at
+FROM r WHERE d.id = r.delivery_id AND d.lease_owner = r.owner AND d.attempts = r.attempt
+             AND d.status = 'running'
+RETURNING d.id
+"""
 _REFRESH_STATUS = """
 UPDATE events SET status = CASE
     WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
@@ -265,10 +283,15 @@ class PostgresStore(Store):
         self, owner: str, now: float, lease_seconds: float, limit: int
     ) -> list[Claim]:
         async with self._tx() as conn:
+            # Two index-backed picks (due, then expired leases) rather than one OR over both.
             ids = [r["id"] for r in await conn.fetch(
-                "SELECT id FROM deliveries WHERE (status = 'pending' AND next_attempt_at <= $1) "
-                "OR (status = 'running' AND lease_expires_at <= $1) "
+                "SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1 "
                 "ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)]
+            if len(ids) < limit:
+                ids += [r["id"] for r in await conn.fetch(
+                    "SELECT id FROM deliveries WHERE status = 'running' "
+                    "AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2 "
+                    "FOR UPDATE SKIP LOCKED", now, limit - len(ids))]
             if not ids:
                 return []
             await conn.execute(
@@ -293,22 +316,18 @@ class PostgresStore(Store):
         return sorted(claims, key=lambda c: order[c.delivery_id])
 
     async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:
-        held: list[bool | StoreError] = []
+        columns = [
+            [r.delivery_id for r in results], [r.owner for r in results],
+            [r.attempt for r in results], [r.ended_at for r in results],
+            [r.outcome for r in results], [r.status for r in results],
+            [r.next_attempt_at for r in results], [r.error for r in results],
+            [r.http_status for r in results],
+        ]
         async with self._tx() as conn:
-            for r in results:
-                await conn.execute(
-                    "UPDATE attempts SET ended_at = $1, outcome = $2, error = $3, "
-                    "http_status = $4 WHERE delivery_id = $5 AND number = $6",
-                    r.ended_at, r.outcome, r.error, r.http_status, r.delivery_id, r.attempt)
-                status = await conn.execute(
-                    "UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_owner = NULL, "
-                    "lease_expires_at = NULL, last_error = $3, updated_at = $4 WHERE id = $5 "
-                    "AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
-                    r.status, r.next_attempt_at, r.error, r.ended_at, r.delivery_id, r.owner,
-                    r.attempt)
-                held.append(status == "UPDATE 1")
-            await conn.execute(_REFRESH_STATUS, [r.delivery_id for r in results])
-        return held
+            rows = await conn.fetch(_FINISH_BATCH, *columns)
+            await conn.execute(_REFRESH_STATUS, columns[0])
+        updated = {row["id"] for row in rows}
+        return [r.delivery_id in updated for r in results]
 
     async def release(self, owner: str, delivery_ids: Sequence[str], now: float) -> int:
         if not delivery_ids:
