@@ -25,6 +25,10 @@ BUILTINS: dict[str, str] = {
     "forward": "handlers.forward:ForwardHandler",
     "slack": "handlers.slack:SlackHandler",
     "email": "handlers.email:EmailHandler",
+    "dcycle_retry": "handlers.dcycle:DcycleRetry",
+    "aitronos_retry": "handlers.aitronos:AitronosRetry",
+    "filecheck_resubmit": "handlers.filecheck:FilecheckResubmit",
+    "alfred_resubmit": "handlers.alfred:AlfredResubmit",
 }
 
 
