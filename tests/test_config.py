@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tomllib
 import sys
 from pathlib import Path
 
@@ -101,3 +102,30 @@ def test_check_config_cli(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )
     assert (run.returncode, run.stdout) == (0, "ok\n")
+
+
+def test_readme_recipes_make_a_valid_config() -> None:
+    import re
+
+    from handlers.registry import load_handlers
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    recipes = readme.split("## Recipes", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", recipes, re.S)
+    assert len(blocks) == 3
+    raw = tomllib.loads("\n".join(blocks) + _sources_for_recipes())
+    environ = {"DCYCLE_TOKEN": "d", "SLACK_WEBHOOK_URL": "https://hooks.example/x",
+               "FILECHECK_API_KEY": "sk_x"}
+    settings = settings_from_mapping(raw, environ)
+    assert set(load_handlers(settings.handlers)) == {"dcycle", "ops", "resubmit"}
+
+
+def _sources_for_recipes() -> str:
+    return """
+[sources.partner]
+platform = "standard"
+auth = { scheme = "standard_webhooks", secrets = ["whsec_QUJDREVGR0g="] }
+[sources.filecheck]
+platform = "filecheck"
+auth = { scheme = "header_token", header = "x-token", secrets = ["t"] }
+"""
