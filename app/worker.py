@@ -111,6 +111,8 @@ class Worker:
         }
         longest = max((h.settings.timeout_seconds for h in handlers.values()), default=30.0)
         self.lease_seconds = longest + self.settings.lease_margin_seconds
+        self._claim_low_water = max(1, min(self.settings.claim_batch,
+                                           self.settings.concurrency) // 4)
         self._inflight: dict[asyncio.Task[None], Claim] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -174,16 +176,19 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             room = min(self.settings.concurrency - len(self._inflight), self.settings.claim_batch)
-            claims: list[Claim] = []
-            if room > 0:
-                try:
-                    claims = await self._claim(room)
-                    failures = 0
-                except StoreError as exc:
-                    failures += 1
-                    log.warning("cannot claim deliveries (store unavailable): %s", exc)
-                    await self._idle(min(30.0, 0.5 * 2**failures))
-                    continue
+            # Claim in chunks: a claim is a transaction, so claiming each freed slot on its own
+            # would make dispatch as slow as the store's commits. A finishing delivery wakes us.
+            if room <= 0 or (self._inflight and room < self._claim_low_water):
+                await self._idle(self.settings.idle_poll_seconds)
+                continue
+            try:
+                claims = await self._claim(room)
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                log.warning("cannot claim deliveries (store unavailable): %s", exc)
+                await self._idle(min(30.0, 0.5 * 2**failures))
+                continue
             for claim in claims:
                 self._spawn(claim)
             if self._poll_task is None or self._poll_task.done():
