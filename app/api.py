@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,11 +20,10 @@ from app.errors import (
     Forbidden,
     InvalidJson,
     NotFound,
-    StoreUnavailable,
     Unauthorized,
 )
 from app.runtime import Runtime
-from app.store import EventFilter, StoreError
+from app.store import EventFilter
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -83,18 +82,13 @@ async def list_events(request: Request) -> Response:
         page = await runtime.store.list_events(filters, _limit(params), params.get("cursor"))
     except ValueError:
         raise BadRequest("invalid cursor") from None
-    except StoreError:
-        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
     return JSONResponse(page.model_dump(mode="json"))
 
 
 async def get_event(request: Request) -> Response:
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
-    try:
-        record = await runtime.store.get_event(request.path_params["event_id"])
-    except StoreError:
-        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    record = await runtime.store.get_event(request.path_params["event_id"])
     if record is None:
         raise NotFound("no such event")
     return JSONResponse(record.model_dump(mode="json"))
@@ -135,8 +129,6 @@ async def replay_event(request: Request) -> Response:
         ids = await replay.apply(runtime.store, planned, runtime.clock.now())
     except replay.ReplayError as exc:
         raise NotFound(str(exc)) from None
-    except StoreError:
-        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
     runtime.wake_worker()
     return JSONResponse(
         {"event_id": planned.event_id, "handlers": planned.handlers, "deliveries": ids}, 202
@@ -169,8 +161,6 @@ async def replay_many(request: Request) -> Response:
                 await replay.apply(runtime.store, planned, runtime.clock.now())
     except replay.ReplayError as exc:
         raise BadRequest(str(exc)) from None
-    except StoreError:
-        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
     if not dry_run:
         runtime.wake_worker()
     answer: dict[str, Any] = {"dry_run": dry_run, "events": events, "deliveries": deliveries}
@@ -190,30 +180,15 @@ async def list_deliveries(request: Request) -> Response:
         )
     except ValueError:
         raise BadRequest("invalid cursor") from None
-    except StoreError:
-        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
     return JSONResponse(page.model_dump(mode="json"))
 
 
-async def get_job(request: Request) -> Response:
+async def get_entity(request: Request) -> Response:
+    """`/api/jobs/{job_id}` and `/api/files/{file_id}`: the lifecycle of one job or file."""
     require_scope(request, "read")
-    try:
-        answer = await tracking.entity_state(
-            request.app.state.runtime.store, "job", request.path_params["job_id"])
-    except StoreError:
-        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
+    kind: Literal["job", "file"] = "job" if "job_id" in request.path_params else "file"
+    entity_id = request.path_params[f"{kind}_id"]
+    answer = await tracking.entity_state(request.app.state.runtime.store, kind, entity_id)
     if answer is None:
-        raise NotFound("no events of that job")
-    return JSONResponse(answer)
-
-
-async def get_file(request: Request) -> Response:
-    require_scope(request, "read")
-    try:
-        answer = await tracking.entity_state(
-            request.app.state.runtime.store, "file", request.path_params["file_id"])
-    except StoreError:
-        raise StoreUnavailable(headers={"Retry-After": "1"}) from None
-    if answer is None:
-        raise NotFound("no events of that file")
+        raise NotFound(f"no events of that {kind}")
     return JSONResponse(answer)

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.errors import HooklineError, envelope
+from app.errors import HooklineError, StoreUnavailable, envelope
+from app.store import StoreError
 
 log = logging.getLogger("hookline.http")
 
@@ -36,6 +37,13 @@ async def _hookline_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _store_error(request: Request, exc: Exception) -> Response:
+    # Any read or write the store could not do: the client may try again shortly.
+    log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    retry_after = request.app.state.runtime.settings.server.retry_after_seconds
+    return error_response(StoreUnavailable(headers={"Retry-After": str(retry_after)}))
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
@@ -51,6 +59,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     HooklineError: _hookline_error,
+    StoreError: _store_error,
     HTTPException: _http_exception,
     Exception: _unexpected,
 }

@@ -60,8 +60,8 @@ RECEIVER_ROUTES = [
     Route("/api/events/{event_id}/replay", api.replay_event, methods=["POST"]),
     Route("/api/replay", api.replay_many, methods=["POST"]),
     Route("/api/deliveries", api.list_deliveries, methods=["GET"]),
-    Route("/api/jobs/{job_id}", api.get_job, methods=["GET"]),
-    Route("/api/files/{file_id}", api.get_file, methods=["GET"]),
+    Route("/api/jobs/{job_id}", api.get_entity, methods=["GET"]),
+    Route("/api/files/{file_id}", api.get_entity, methods=["GET"]),
 ]
 
 
