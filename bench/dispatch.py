@@ -42,11 +42,12 @@ class Reports(asyncio.DatagramProtocol):
             self.first = self.last
 
 
-def write_config(work: Path, udp_port: int) -> Path:
+def write_config(work: Path, udp_port: int, storage: str | None = None) -> Path:
+    """A header-token source routed to the UDP-reporting handler (SQLite in `work` by default)."""
     config = work / "hookline.toml"
     config.write_text(f"""
 [storage]
-url = "sqlite:///{work / 'dispatch.db'}"
+url = "{storage or f'sqlite:///{work / "dispatch.db"}'}"
 [sources.load]
 platform = "standard"
 unknown_events = "accept"

@@ -26,9 +26,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, ensure_wrk, free_port, print_table, process, python, scratch  # noqa: E402
-from dispatch import Reports  # noqa: E402
+from dispatch import TOKEN, Reports, write_config  # noqa: E402
 
-TOKEN = "scale-token"
 LUA = r"""
 local n = 0
 local tag = ""
@@ -41,25 +40,6 @@ request = function()
   }, '{"type":"file.processing_failed","timestamp":"2026-11-01T00:00:00Z","data":{"file_id":"f-' .. n .. '"}}')
 end
 """
-
-
-def write_config(work: Path, storage: str, udp_port: int) -> Path:
-    config = work / "scale.toml"
-    config.write_text(f"""
-[storage]
-url = "{storage}"
-[sources.load]
-platform = "standard"
-unknown_events = "accept"
-auth = {{ scheme = "header_token", header = "x-token", secrets = ["{TOKEN}"] }}
-[[routes]]
-match = "*"
-handler = "stamp"
-[handlers.stamp]
-use = "bench_handlers:Stamp"
-options = {{ port = {udp_port} }}
-""")
-    return config
 
 
 def ingest(config: Path, receivers: int, seconds: int, script: Path) -> float:
@@ -128,7 +108,7 @@ async def schema(url: str, sql: str) -> None:
 
 def layout(storage: str, count: int, seconds: int, script: Path) -> tuple[float, float]:
     udp_port = free_port()
-    config = write_config(scratch(), storage, udp_port)
+    config = write_config(scratch(), udp_port, storage)
     rate = ingest(config, count, seconds, script)
     events = asyncio.run(stored(storage))
     return rate, asyncio.run(drain(config, count, events, udp_port))
