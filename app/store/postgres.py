@@ -73,6 +73,38 @@ WITH rows AS (
 )
 SELECT id FROM inserted
 """
+# A claim in one statement (one round trip): due deliveries first, then expired leases, each
+# locked with SKIP LOCKED so workers never wait for each other; the expired ones' running
+# attempts are marked lost and every claimed delivery gets its new attempt.
+_CLAIM = f"""
+WITH pending AS (
+    SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1
+    ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id FROM deliveries WHERE status = 'running' AND lease_expires_at <= $1
+    ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM (SELECT id, 0 AS rank FROM pending
+                    UNION ALL SELECT id, 1 FROM expired) picked
+    ORDER BY rank LIMIT $2
+), lost AS (
+    UPDATE attempts SET outcome = 'lost', ended_at = $1, error = 'lease expired'
+    WHERE outcome = 'running' AND delivery_id IN (SELECT id FROM due)
+), claimed AS (
+    UPDATE deliveries d SET status = 'running', lease_owner = $3, lease_expires_at = $4,
+                            attempts = d.attempts + 1, updated_at = $1
+    FROM due WHERE d.id = due.id
+    RETURNING d.id, d.handler, d.attempts, d.event_id
+), started AS (
+    INSERT INTO attempts (delivery_id, number, started_at, outcome)
+    SELECT id, attempts, $1, 'running' FROM claimed
+)
+SELECT c.id AS delivery_id, c.handler, c.attempts,
+       {", ".join("e." + c.strip() for c in _EVENT_COLUMNS.split(","))},
+       e.headers, e.query, e.payload, e.body
+FROM claimed c JOIN events e ON e.id = c.event_id
+"""
+
 # A whole batch of outcomes in one statement: the attempts and the deliveries whose lease the
 # finishing worker still holds.
 _FINISH_BATCH = """
@@ -282,38 +314,10 @@ class PostgresStore(Store):
     async def claim_due(
         self, owner: str, now: float, lease_seconds: float, limit: int
     ) -> list[Claim]:
-        async with self._tx() as conn:
-            # Two index-backed picks (due, then expired leases) rather than one OR over both.
-            ids = [r["id"] for r in await conn.fetch(
-                "SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1 "
-                "ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)]
-            if len(ids) < limit:
-                ids += [r["id"] for r in await conn.fetch(
-                    "SELECT id FROM deliveries WHERE status = 'running' "
-                    "AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2 "
-                    "FOR UPDATE SKIP LOCKED", now, limit - len(ids))]
-            if not ids:
-                return []
-            await conn.execute(
-                "UPDATE attempts SET outcome = 'lost', ended_at = $1, error = 'lease expired' "
-                "WHERE outcome = 'running' AND delivery_id = ANY($2::text[])", now, ids)
-            await conn.execute(
-                "UPDATE deliveries SET status = 'running', lease_owner = $1, "
-                "lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 "
-                "WHERE id = ANY($4::text[])", owner, now + lease_seconds, now, ids)
-            await conn.execute(
-                "INSERT INTO attempts (delivery_id, number, started_at, outcome) "
-                "SELECT id, attempts, $1, 'running' FROM deliveries WHERE id = ANY($2::text[])",
-                now, ids)
-            rows = await conn.fetch(
-                f"SELECT d.id AS delivery_id, d.handler, d.attempts, "
-                f"{', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))}, "
-                f"e.headers, e.query, e.payload, e.body FROM deliveries d "
-                f"JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1::text[])", ids)
-        order = {delivery_id: n for n, delivery_id in enumerate(ids)}
-        claims = [Claim(r["delivery_id"], r["handler"], r["attempts"],
-                        _event_record(r, detail=True)) for r in rows]
-        return sorted(claims, key=lambda c: order[c.delivery_id])
+        async with self._conn() as conn:
+            rows = await conn.fetch(_CLAIM, now, limit, owner, now + lease_seconds)
+        return [Claim(r["delivery_id"], r["handler"], r["attempts"], _event_record(r, detail=True))
+                for r in rows]
 
     async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:
         columns = [
