@@ -38,7 +38,8 @@ class Maintenance:
     recorder: Recorder | None = None
 
     async def sweep(self) -> int:
-        """Make expired leases claimable again and wake the worker."""
+        """Make expired leases claimable again, wake the worker and run the status polls that
+        are due (they are minutes apart, so the sweep's pace is enough for them)."""
         try:
             reaped = await self.store.reap_expired(self.clock.now())
         except StoreError as exc:
@@ -48,6 +49,7 @@ class Maintenance:
             log.info("reaped %d expired leases", reaped)
         if self.worker is not None:
             self.worker.wake()
+            await self.worker.run_polls_once()
         return reaped
 
     async def prune(self) -> int:

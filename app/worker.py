@@ -117,7 +117,6 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
-        self._poll_task: asyncio.Task[int] | None = None
         self._outcomes: Batcher[Finished, bool] = Batcher(
             self.store.finish, maxsize=100_000, batch_max=512, name="hookline-outcomes"
         )
@@ -137,8 +136,6 @@ class Worker:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        if self._poll_task is not None:
-            await asyncio.wait([self._poll_task], timeout=self.settings.shutdown_grace_seconds)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.settings.shutdown_grace_seconds)
         unfinished = {task: claim for task, claim in self._inflight.items() if not task.done()}
@@ -191,8 +188,6 @@ class Worker:
                 continue
             for claim in claims:
                 self._spawn(claim)
-            if self._poll_task is None or self._poll_task.done():
-                self._poll_task = asyncio.create_task(self.run_polls_once(), name="polls")
             if claims and len(claims) == room:
                 continue  # there may be more due
             await self._idle(await self._until_next_due())
