@@ -18,9 +18,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from app import api, ingest
+from app import api, dashboard, ingest
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.http_errors import EXCEPTION_HANDLERS
@@ -62,6 +62,8 @@ RECEIVER_ROUTES = [
     Route("/api/deliveries", api.list_deliveries, methods=["GET"]),
     Route("/api/jobs/{job_id}", api.get_entity, methods=["GET"]),
     Route("/api/files/{file_id}", api.get_entity, methods=["GET"]),
+    Route("/", dashboard.index, methods=["GET"]),
+    Mount("/static", app=dashboard.assets(), name="static"),
 ]
 
 
