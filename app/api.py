@@ -14,7 +14,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import replay, tracking
+from app import replay, stats, stream, tracking
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -22,30 +22,47 @@ from app.errors import (
     NotFound,
     Unauthorized,
 )
+from app.config import ApiToken
 from app.runtime import Runtime
 from app.store import EventFilter
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
+MAX_Q = 200
+DEFAULT_WINDOW = 3600
+MAX_WINDOW = 7 * 86_400
 
 
-def require_scope(request: Request, scope: str) -> None:
-    """Raise 401 without a known bearer token, 403 when its scopes lack `scope`."""
+def require_scope(request: Request, scope: str) -> ApiToken | None:
+    """The caller's token; 401 without a known bearer token, 403 when its scopes lack `scope`.
+    None when the API is open (no tokens configured, server on loopback)."""
     runtime: Runtime = request.app.state.runtime
     tokens = runtime.settings.api.tokens
     if not tokens and runtime.settings.server.on_loopback:
-        return
+        return None
     header = request.headers.get("authorization", "")
     kind, _, presented = header.partition(" ")
     if kind.lower() != "bearer" or not presented:
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
-    for token in tokens:
+    found = None
+    for token in tokens:  # every token is compared, so timing tells nothing of which matched
         if hmac.compare_digest(token.token.get_secret_value().encode(), presented.encode()):
-            if scope in token.scopes or "admin" in token.scopes:
-                request.scope["state"]["log"]["token"] = token.name
-                return
-            raise Forbidden()
-    raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
+            found = token
+    if found is None:
+        raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
+    if scope not in found.scopes and "admin" not in found.scopes:
+        raise Forbidden()
+    request.scope["state"]["log"]["token"] = found.name
+    return found
+
+
+async def whoami(request: Request) -> Response:
+    """The caller's token name and scopes, so a page can tell what to offer."""
+    token = require_scope(request, "read")
+    if token is None:
+        return JSONResponse({"name": None, "scopes": ["read", "admin"], "open": True})
+    scopes = ["read", "admin"] if "admin" in token.scopes else ["read"]
+    return JSONResponse({"name": token.name, "scopes": scopes, "open": False})
 
 
 def _number(params: Mapping[str, Any], name: str) -> float | None:
@@ -65,11 +82,12 @@ def _limit(params: Any) -> int:
     return int(raw)
 
 
-async def list_events(request: Request) -> Response:
-    require_scope(request, "read")
-    runtime: Runtime = request.app.state.runtime
-    params = request.query_params
-    filters = EventFilter(
+def event_filter(params: Mapping[str, Any], searchable: bool = True) -> EventFilter:
+    """The event filters of a query string; `q` only where a search is offered."""
+    q = params.get("q") if searchable else None
+    if q is not None and not 1 <= len(q) <= MAX_Q:
+        raise BadRequest(f"q must be 1 to {MAX_Q} characters")
+    return EventFilter(
         source=params.get("source"),
         type=params.get("type"),
         status=params.get("status"),
@@ -77,12 +95,62 @@ async def list_events(request: Request) -> Response:
         file_id=params.get("file_id"),
         since=_number(params, "since"),
         until=_number(params, "until"),
+        q=q,
     )
+
+
+async def list_events(request: Request) -> Response:
+    """Events newest first; filters, `q` (substring of the raw body), `limit`, `cursor`."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    filters = event_filter(params)
     try:
         page = await runtime.store.list_events(filters, _limit(params), params.get("cursor"))
     except ValueError:
         raise BadRequest("invalid cursor") from None
     return JSONResponse(page.model_dump(mode="json"))
+
+
+async def raw_event(request: Request) -> Response:
+    """The exact bytes received for an event, with the content type they came with."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    found = await runtime.store.raw_body(request.path_params["event_id"])
+    if found is None:
+        raise NotFound("no such event")
+    body, content_type = found
+    return Response(body, media_type=None, headers={
+        "content-type": content_type, "x-content-type-options": "nosniff",
+        "content-disposition": "inline",
+    })
+
+
+async def get_stats(request: Request) -> Response:
+    """Counts over `window` seconds (default an hour) and a per-minute histogram of the last
+    hour."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    raw = request.query_params.get("window", str(DEFAULT_WINDOW))
+    if not raw.isdigit() or not 60 <= int(raw) <= MAX_WINDOW:
+        raise BadRequest(f"window must be a whole number of seconds from 60 to {MAX_WINDOW}")
+    until = runtime.clock.now()
+    since = until - int(raw)
+    rows = await runtime.store.stats(since, until, stats.minutes_from(until))
+    return JSONResponse(stats.shape(rows, since, until, runtime.tally.pending()))
+
+
+async def live_tail(request: Request) -> Response:
+    """Server-sent events of new events and delivery outcomes, with the event filters."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    filters = event_filter(request.query_params, searchable=False)
+    start = await stream.start_of(request, runtime.store)
+    server = runtime.settings.server
+    return stream.stream_response(stream.tail(
+        runtime.store, filters, start, runtime.changes,
+        server.stream_poll_seconds, server.stream_heartbeat_seconds,
+    ))
 
 
 async def get_event(request: Request) -> Response:

@@ -40,6 +40,9 @@ class ServerSettings(_Model):
     batch_max: int = Field(default=256, ge=1, description="events written in one transaction")
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     retry_after_seconds: int = Field(default=1, ge=1)
+    stream_poll_seconds: float = Field(
+        default=1.0, gt=0, description="how often a live tail looks for other processes' writes")
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
     @property
     def on_loopback(self) -> bool:

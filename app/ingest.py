@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from typing import Any
 
 from urllib.parse import parse_qsl
@@ -19,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import auth
 from app.errors import (
+    HooklineError,
     InvalidJson,
     PayloadTooLarge,
     RateLimited,
@@ -31,6 +33,7 @@ from app.errors import (
 from app.ids import new_id
 from app.routing import handlers_for
 from app.runtime import Runtime
+from app.tally import UNKNOWN_SOURCE
 from schemas import EventInvalid, Handshake, Incoming, parse_event
 from schemas.records import NewEvent
 
@@ -41,8 +44,23 @@ class WebhookEndpoint:
     app's exception handlers like everywhere else."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, answer = await receive_webhook(scope, receive)
+        runtime: Runtime = scope["app"].state.runtime
+        started = time.perf_counter()
+        try:
+            status, answer = await receive_webhook(scope, receive)
+        except Exception as exc:
+            _count_rejection(runtime, scope["path_params"]["source"], exc)
+            raise
+        finally:
+            runtime.metrics.ingest_seconds.observe(time.perf_counter() - started)
         await _send_json(send, status, answer)
+
+
+def _count_rejection(runtime: Runtime, name: str, exc: Exception) -> None:
+    reason = exc.code if isinstance(exc, HooklineError) else "internal_error"
+    source = name if name in runtime.settings.sources else UNKNOWN_SOURCE
+    runtime.metrics.rejected(source, reason)
+    runtime.tally.count(runtime.clock.now(), source, "rejected", reason)
 
 
 async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
@@ -96,7 +114,9 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     )
     saved = await runtime.intake.submit(event)
     note["event_id"] = saved.id
+    runtime.metrics.accepted(name, parsed.type, saved.duplicate)
     if saved.duplicate:
+        runtime.tally.count(now, name, "duplicate")
         return 200, {"id": saved.id, "duplicate": True}
     return 202, {"id": saved.id, "type": parsed.type, "duplicate": False}
 

@@ -21,7 +21,7 @@ class Intake:
 
     def __init__(self, store: Store, maxsize: int, batch_max: int, retry_after: int = 1) -> None:
         self.retry_after = retry_after
-        self._on_deliveries: Callable[[], None] | None = None
+        self._on_stored: list[Callable[[NewEvent], None]] = []
         self._batcher: Batcher[NewEvent, Saved] = Batcher(
             store.save_events, maxsize, batch_max, "hookline-intake"
         )
@@ -30,9 +30,9 @@ class Intake:
     def depth(self) -> int:
         return self._batcher.depth
 
-    def on_deliveries(self, callback: Callable[[], None]) -> None:
-        """Call `callback` when a stored event brought new deliveries (the worker's wake-up)."""
-        self._on_deliveries = callback
+    def on_stored(self, callback: Callable[[NewEvent], None]) -> None:
+        """Call `callback` with every new event once it is stored (not with duplicates)."""
+        self._on_stored.append(callback)
 
     def start(self) -> None:
         self._batcher.start()
@@ -48,8 +48,9 @@ class Intake:
             raise self._unavailable("intake queue is full; retry later") from None
         except (StoreError, NotRunning):
             raise self._unavailable("event store is unavailable") from None
-        if event.handlers and not saved.duplicate and self._on_deliveries is not None:
-            self._on_deliveries()
+        if not saved.duplicate:
+            for callback in self._on_stored:
+                callback(event)
         return saved
 
     def _unavailable(self, message: str) -> StoreUnavailable:

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from app import api, dashboard, ingest
+from app.metrics import metrics_endpoint
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.http_errors import EXCEPTION_HANDLERS
@@ -51,17 +52,22 @@ async def readyz(request: Request) -> Response:
 HEALTH_ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
 ]
 # A worker-only process serves health checks alone: it receives nothing and answers no reads.
 RECEIVER_ROUTES = [
     Route("/webhooks/{source}", ingest.WebhookEndpoint(), methods=["POST"]),
+    Route("/api/whoami", api.whoami, methods=["GET"]),
     Route("/api/events", api.list_events, methods=["GET"]),
     Route("/api/events/{event_id}", api.get_event, methods=["GET"]),
+    Route("/api/events/{event_id}/raw", api.raw_event, methods=["GET"]),
     Route("/api/events/{event_id}/replay", api.replay_event, methods=["POST"]),
     Route("/api/replay", api.replay_many, methods=["POST"]),
     Route("/api/deliveries", api.list_deliveries, methods=["GET"]),
     Route("/api/jobs/{job_id}", api.get_entity, methods=["GET"]),
     Route("/api/files/{file_id}", api.get_entity, methods=["GET"]),
+    Route("/api/stats", api.get_stats, methods=["GET"]),
+    Route("/api/stream", api.live_tail, methods=["GET"]),
     Route("/", dashboard.index, methods=["GET"]),
     Mount("/static", app=dashboard.assets(), name="static"),
 ]
@@ -94,12 +100,16 @@ def create_app(
         if background:
             runtime.worker.start()  # type: ignore[union-attr]
             await runtime.store.listen(runtime.wake_worker)
+        receiver = role != "worker"
+        maintenance = Maintenance(
+            runtime.store, runtime.clock, runtime.worker, settings.retention_days,
+            settings.sources, runtime.recorder, runtime.tally if receiver else None,
+        )
         ticks = None
-        if background:
+        if background or receiver:
             ticks = start_scheduler(
-                Maintenance(runtime.store, runtime.clock, runtime.worker, settings.retention_days,
-                            settings.sources, runtime.recorder),
-                sweep_seconds=runtime.worker.settings.sweep_seconds,  # type: ignore[union-attr]
+                maintenance, worker_ticks=background,
+                sweep_seconds=runtime.worker_settings.sweep_seconds,  # type: ignore[union-attr]
             )
         if not settings.api.tokens and settings.server.on_loopback:
             log.warning("no [[api.tokens]] configured: the read API is open on loopback")
@@ -109,6 +119,7 @@ def create_app(
             if ticks is not None:
                 ticks.shutdown(wait=False)
             await runtime.intake.stop()
+            await maintenance.flush_counts()
             if runtime.worker is not None:
                 await runtime.worker.stop()
             if owns_http:

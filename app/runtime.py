@@ -16,12 +16,17 @@ from app.clock import Clock
 from app.config import Settings
 from app.errors import ConfigError
 from app.intake import Intake
+from app.metrics import Metrics
 from app.ratelimit import RateLimiter
 from app.routing import Route, compile_routes
 from app.store import Store
+from app.store.base import Finished
+from app.stream import Changes
+from app.tally import Tally
 from app.upstream import Recorder
 from app.worker import Worker, WorkerSettings
 from handlers.registry import HandlerLoadError, LoadedHandler, load_handlers
+from schemas.records import NewEvent
 
 Role = Literal["all", "receiver", "worker"]
 
@@ -50,6 +55,9 @@ class Runtime:
     handlers: dict[str, LoadedHandler] = field(init=False)
     worker: Worker | None = field(init=False, default=None)
     recorder: Recorder = field(init=False)
+    metrics: Metrics = field(init=False, default_factory=Metrics)
+    tally: Tally = field(init=False, default_factory=Tally)
+    changes: Changes = field(init=False, default_factory=Changes)
 
     def __post_init__(self) -> None:
         server = self.settings.server
@@ -74,12 +82,22 @@ class Runtime:
                 sweep_seconds=configured.sweep_seconds,
             )
         self.recorder = Recorder(self.intake.submit, self.routes, self.clock)
+        self.intake.on_stored(lambda event: self.changes.notify())
         if self.role in ("all", "worker"):
             self.worker = Worker(
                 self.store, self.handlers, self.http, self.clock, self.worker_settings,
-                recorder=self.recorder,
+                recorder=self.recorder, on_finished=self._finished,
             )
-            self.intake.on_deliveries(self.worker.wake)
+            self.intake.on_stored(self._wake_for)
+
+    def _wake_for(self, event: NewEvent) -> None:
+        if event.handlers:
+            self.wake_worker()
+
+    def _finished(self, handler: str, finished: Finished, seconds: float) -> None:
+        """An attempt's outcome was recorded: count it and wake the live tails."""
+        self.metrics.finished(handler, finished.outcome, finished.status, seconds)
+        self.changes.notify()
 
     def wake_worker(self) -> None:
         if self.worker is not None:

@@ -19,6 +19,7 @@ from app.clock import Clock
 from app.config import SourceSettings
 from app.store import Store, StoreError
 from app.store.base import LatestEvent
+from app.tally import Tally
 from app.upstream import Recorded, Recorder
 from app.worker import Worker
 
@@ -36,6 +37,7 @@ class Maintenance:
     retention_days: float
     sources: Mapping[str, SourceSettings] | None = None
     recorder: Recorder | None = None
+    tally: Tally | None = None
 
     async def sweep(self) -> int:
         """Make expired leases claimable again, wake the worker and run the status polls that
@@ -51,6 +53,16 @@ class Maintenance:
             self.worker.wake()
             await self.worker.run_polls_once()
         return reaped
+
+    async def flush_counts(self) -> int:
+        """Add this receiver's counts of duplicates and rejections to the store."""
+        if self.tally is None:
+            return 0
+        try:
+            return await self.tally.flush(self.store)
+        except StoreError as exc:
+            log.warning("ingest counts kept for later: %s", exc)
+            return 0
 
     async def prune(self) -> int:
         """Delete events older than the retention, with their deliveries and attempts."""
@@ -121,16 +133,23 @@ def _singleton(store: Store, name: str, tick: Callable[[], Awaitable[int]]) -> C
 
 def start_scheduler(
     maintenance: Maintenance, sweep_seconds: float = 5.0, prune_seconds: float = 3600.0,
-    stall_seconds: float = 60.0,
+    stall_seconds: float = 60.0, counts_seconds: float = 5.0, worker_ticks: bool = True,
 ) -> AsyncIOScheduler:
+    """The ticks of one process: the counts flush wherever requests are received (a tally is
+    given), the dispatch upkeep wherever a worker runs (`worker_ticks`)."""
     scheduler = AsyncIOScheduler()
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
     store = maintenance.store
-    # The sweep only reaps leases and wakes this process's worker: every worker runs it.
-    scheduler.add_job(maintenance.sweep, "interval", seconds=sweep_seconds, id="sweep", **common)
-    scheduler.add_job(_singleton(store, "prune", maintenance.prune), "interval",
-                      seconds=prune_seconds, id="prune", **common)
-    scheduler.add_job(_singleton(store, "stalls", maintenance.stalls), "interval",
-                      seconds=stall_seconds, id="stalls", **common)
+    if maintenance.tally is not None:
+        scheduler.add_job(maintenance.flush_counts, "interval", seconds=counts_seconds,
+                          id="counts", **common)
+    if worker_ticks:
+        # The sweep only reaps leases and wakes this process's worker: every worker runs it.
+        scheduler.add_job(maintenance.sweep, "interval", seconds=sweep_seconds, id="sweep",
+                          **common)
+        scheduler.add_job(_singleton(store, "prune", maintenance.prune), "interval",
+                          seconds=prune_seconds, id="prune", **common)
+        scheduler.add_job(_singleton(store, "stalls", maintenance.stalls), "interval",
+                          seconds=stall_seconds, id="stalls", **common)
     scheduler.start()
     return scheduler

@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,8 +97,10 @@ class Worker:
         settings: WorkerSettings | None = None,
         rand: random.Random | None = None,
         recorder: Recorder | None = None,
+        on_finished: Callable[[str, Finished, float], None] | None = None,
     ) -> None:
         self.recorder = recorder
+        self.on_finished = on_finished
         self.store = store
         self.handlers = handlers
         self.http = http
@@ -221,11 +223,13 @@ class Worker:
 
     async def _run(self, claim: Claim) -> None:
         loaded = self.handlers.get(claim.handler)
-        if loaded is None:
-            result = AttemptResult("permanent", f"no handler named {claim.handler!r} is configured")
-        else:
+        result = AttemptResult("permanent", f"no handler named {claim.handler!r} is configured")
+        seconds = 0.0
+        if loaded is not None:
             async with self._limits[claim.handler]:
+                started = self.clock.monotonic()
                 result = await self._attempt(loaded, claim)
+                seconds = self.clock.monotonic() - started
         policy = self._policy(loaded)
         now = self.clock.now()
         decision: Decision = decide(
@@ -250,6 +254,9 @@ class Worker:
             await self._outcomes.submit(finished)
         except Exception as exc:  # the lease will expire and the delivery run again
             log.error("outcome of %s not recorded: %s", claim.delivery_id, exc)
+            return
+        if self.on_finished is not None:
+            self.on_finished(claim.handler, finished, seconds)
 
     # Status polls of upstream work.
 

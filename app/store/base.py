@@ -32,6 +32,60 @@ class EventFilter:
     file_id: str | None = None
     since: float | None = None
     until: float | None = None
+    q: str | None = None
+    """A substring of the raw body; searched over at most `Q_SCAN_ROWS` rows per page."""
+
+
+# How many rows one page of a `q` search reads at most: a search never turns into a scan of the
+# whole log. A page that reached the bound without filling up still has a next cursor.
+Q_SCAN_ROWS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt of a delivery ended, for the live tail."""
+
+    delivery_id: str
+    event_id: str
+    event_type: str
+    handler: str
+    attempt: int
+    outcome: str
+    status: str
+    ended_at: float
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCount:
+    """Requests of one minute that stored no event: duplicates, and rejections by reason."""
+
+    minute: int
+    source: str
+    outcome: str
+    reason: str
+    count: int
+
+
+@dataclass(slots=True)
+class StatsRows:
+    """The raw aggregates behind `/api/stats`, shaped by `app.stats`."""
+
+    events: list[tuple[str, str, str, int]]
+    """(type, status, source, count) of events received in the window."""
+    accepted_per_minute: dict[int, int]
+    counts: list[IngestCount]
+    attempts: list[tuple[str, str, int]]
+    """(handler, outcome, count) of attempts that ended in the window."""
+    failed_per_minute: dict[int, int]
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    pending: int
+    running: int
+    dead: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +180,46 @@ class Store(abc.ABC):
         self, filters: EventFilter, limit: int, cursor: str | None = None
     ) -> EventPage:
         """Newest first, keyset-paginated by an opaque cursor."""
+
+    @abc.abstractmethod
+    async def raw_body(self, event_id: str) -> tuple[bytes, str] | None:
+        """The exact bytes received for an event and their content type."""
+
+    # The live tail and dashboards.
+
+    @abc.abstractmethod
+    async def heads(self) -> tuple[int, int]:
+        """The newest event's position and the newest finished attempt's, for starting a tail."""
+
+    @abc.abstractmethod
+    async def tail_events(
+        self, filters: EventFilter, after: int, limit: int
+    ) -> list[tuple[int, EventRecord]]:
+        """Events past position `after`, oldest first, each with its position."""
+
+    @abc.abstractmethod
+    async def tail_outcomes(
+        self, filters: EventFilter, after: int, limit: int
+    ) -> list[tuple[int, Outcome]]:
+        """Attempts that ended past position `after`, in the order they ended; `filters` apply
+        to their events."""
+
+    # How far a tail looks back for rows that committed after a later position was read. A
+    # store with one writer commits in position order and needs none.
+    tail_margin: int = 0
+
+    @abc.abstractmethod
+    async def add_ingest_counts(self, counts: Sequence[IngestCount]) -> None:
+        """Add to the per-minute counts of duplicates and rejections."""
+
+    @abc.abstractmethod
+    async def stats(self, since: float, until: float, minutes_from: int) -> StatsRows:
+        """Aggregates over events received and attempts ended in [since, until); the
+        per-minute figures start at minute `minutes_from` (unix seconds // 60)."""
+
+    @abc.abstractmethod
+    async def gauges(self) -> Gauges:
+        """Deliveries waiting, leased and dead right now."""
 
 
     # Dispatch: deliveries, leases and attempts.

@@ -20,11 +20,16 @@ import asyncpg
 
 from app.ids import new_id
 from app.store.base import (
+    Q_SCAN_ROWS,
     Claim,
     EventFilter,
     Finished,
+    Gauges,
+    IngestCount,
     LatestEvent,
+    Outcome,
     PollClaim,
+    StatsRows,
     Store,
     StoreError,
     decode_cursor,
@@ -114,7 +119,7 @@ WITH r AS (
         AS r(delivery_id, owner, attempt, ended_at, outcome, status, next_at, error, http_status)
 ), attempt_rows AS (
     UPDATE attempts a SET ended_at = r.ended_at, outcome = r.outcome, error = r.error,
-                          http_status = r.http_status
+                          http_status = r.http_status, done_seq = nextval('attempts_done_seq')
     FROM r WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
 )
 UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_owner = NULL,
@@ -290,24 +295,127 @@ class PostgresStore(Store):
     async def list_events(
         self, filters: EventFilter, limit: int, cursor: str | None = None
     ) -> EventPage:
-        where: list[str] = []
-        params: list[Any] = []
-        for sql, value in _event_clauses(filters):
-            params.append(value)
-            where.append(sql.replace("?", f"${len(params)}"))
+        clauses = _event_clauses(filters)
         if cursor is not None:
-            params.append(decode_cursor(cursor))
-            where.append(f"seq < ${len(params)}")
-        params.append(limit + 1)
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY seq DESC LIMIT ${len(params)}"
+            clauses.append(("seq < ?", decode_cursor(cursor)))
+        where, params = _numbered(clauses)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events" + _and(where)
+        floor = None
         async with self._conn() as conn:
-            rows = await conn.fetch(sql, *params)
+            if filters.q is not None:
+                # Only the newest Q_SCAN_ROWS rows that pass the other filters are searched.
+                params.append(Q_SCAN_ROWS)
+                window = f"SELECT seq FROM events{_and(where)} ORDER BY seq DESC LIMIT ${len(params)}"
+                scanned = await conn.fetchrow(f"SELECT count(*), min(seq) FROM ({window}) w",
+                                              *params)
+                if scanned is not None and scanned[0] == Q_SCAN_ROWS:
+                    floor = scanned[1]
+                params.append(filters.q.encode())
+                sql = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({window}) "
+                       f"AND position(${len(params)}::bytea in body) > 0")
+            params.append(limit + 1)
+            rows = await conn.fetch(f"{sql} ORDER BY seq DESC LIMIT ${len(params)}", *params)
         items = [_event_record(row) for row in rows[:limit]]
-        next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
-        return EventPage(items=items, next_cursor=next_cursor)
+        if len(rows) > limit:
+            return EventPage(items=items, next_cursor=encode_cursor(rows[limit - 1]["seq"]))
+        return EventPage(items=items, next_cursor=encode_cursor(floor) if floor else None)
+
+    async def raw_body(self, event_id: str) -> tuple[bytes, str] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT body, headers ->> 'content-type' FROM events WHERE id = $1", event_id)
+        if row is None:
+            return None
+        return bytes(row[0]), row[1] or "application/json"
+
+    # The live tail and dashboards.
+
+    # Sequence values are taken in insert order but committed in any order by concurrent
+    # transactions: a tail re-reads this many positions behind the newest it has seen.
+    tail_margin = 256
+
+    async def heads(self) -> tuple[int, int]:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT (SELECT max(seq) FROM events), (SELECT max(done_seq) FROM attempts)")
+        assert row is not None
+        return row[0] or 0, row[1] or 0
+
+    async def tail_events(
+        self, filters: EventFilter, after: int, limit: int
+    ) -> list[tuple[int, EventRecord]]:
+        where, params = _numbered([*_event_clauses(filters), ("seq > ?", after)])
+        params.append(limit)
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM events{_and(where)} "
+                f"ORDER BY seq LIMIT ${len(params)}", *params)
+        return [(row["seq"], _event_record(row)) for row in rows]
+
+    async def tail_outcomes(
+        self, filters: EventFilter, after: int, limit: int
+    ) -> list[tuple[int, Outcome]]:
+        clauses = [("e." + sql, value) for sql, value in _event_clauses(filters)]
+        where, params = _numbered([*clauses, ("a.done_seq > ?", after)])
+        params.append(limit)
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                f"SELECT a.done_seq, a.delivery_id, d.event_id, e.type, d.handler, a.number, "
+                f"a.outcome, d.status, a.ended_at, a.error FROM attempts a "
+                f"JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id"
+                f"{_and(where)} ORDER BY a.done_seq LIMIT ${len(params)}", *params)
+        return [(row[0], Outcome(*row[1:])) for row in rows]
+
+    async def add_ingest_counts(self, counts: Sequence[IngestCount]) -> None:
+        if not counts:
+            return
+        async with self._conn() as conn:
+            await conn.executemany(
+                "INSERT INTO ingest_counts (minute, source, outcome, reason, count) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (minute, source, outcome, reason) "
+                "DO UPDATE SET count = ingest_counts.count + excluded.count",
+                [(c.minute, c.source, c.outcome, c.reason, c.count) for c in counts])
+
+    async def stats(self, since: float, until: float, minutes_from: int) -> StatsRows:
+        from_ = minutes_from * 60.0
+        async with self._conn() as conn:
+            events = await conn.fetch(
+                "SELECT type, status, source, count(*) FROM events "
+                "WHERE received_at >= $1 AND received_at < $2 GROUP BY type, status, source",
+                since, until)
+            accepted = await conn.fetch(
+                "SELECT floor(received_at / 60)::bigint, count(*) FROM events "
+                "WHERE received_at >= $1 AND received_at < $2 GROUP BY 1", from_, until)
+            counts = await conn.fetch(
+                "SELECT minute, source, outcome, reason, count FROM ingest_counts "
+                "WHERE minute >= $1 AND minute <= $2",
+                min(int(since // 60), minutes_from), int(until // 60))
+            attempts = await conn.fetch(
+                "SELECT d.handler, a.outcome, count(*) FROM attempts a "
+                "JOIN deliveries d ON d.id = a.delivery_id "
+                "WHERE a.ended_at >= $1 AND a.ended_at < $2 GROUP BY d.handler, a.outcome",
+                since, until)
+            failed = await conn.fetch(
+                "SELECT floor(ended_at / 60)::bigint, count(*) FROM attempts "
+                "WHERE ended_at >= $1 AND ended_at < $2 "
+                "AND outcome NOT IN ('succeeded', 'running') GROUP BY 1", from_, until)
+        gauges = await self.gauges()
+        return StatsRows(
+            events=[(r[0], r[1], r[2], r[3]) for r in events],
+            accepted_per_minute={r[0]: r[1] for r in accepted},
+            counts=[IngestCount(*r) for r in counts],
+            attempts=[(r[0], r[1], r[2]) for r in attempts],
+            failed_per_minute={r[0]: r[1] for r in failed},
+            dead=gauges.dead,
+        )
+
+    async def gauges(self) -> Gauges:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT status, count(*) FROM deliveries "
+                "WHERE status IN ('pending', 'running', 'dead') GROUP BY status")
+        found = {row[0]: row[1] for row in rows}
+        return Gauges(found.get("pending", 0), found.get("running", 0), found.get("dead", 0))
 
     # Dispatch.
 
@@ -539,6 +647,10 @@ def _event_clauses(filters: EventFilter) -> list[tuple[str, Any]]:
         ("received_at < ?", filters.until),
     ]
     return [(sql, value) for sql, value in clauses if value is not None]
+
+
+def _and(where: Sequence[str]) -> str:
+    return " WHERE " + " AND ".join(where) if where else ""
 
 
 def _numbered(clauses: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:

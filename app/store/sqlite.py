@@ -20,11 +20,16 @@ import aiosqlite
 
 from app.ids import new_id
 from app.store.base import (
+    Q_SCAN_ROWS,
     Claim,
     EventFilter,
     Finished,
+    Gauges,
+    IngestCount,
     LatestEvent,
+    Outcome,
     PollClaim,
+    StatsRows,
     Store,
     StoreError,
     decode_cursor,
@@ -243,18 +248,114 @@ class SQLiteStore(Store):
         if cursor is not None:
             where.append("seq < ?")
             params.append(decode_cursor(cursor))
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events" + _and(where)
+        floor = None
+        if filters.q is not None:
+            # Only the newest Q_SCAN_ROWS rows that pass the other filters are searched.
+            window = f"SELECT seq FROM events{_and(where)} ORDER BY seq DESC LIMIT ?"
+            scanned = await self._read(
+                f"SELECT count(*), min(seq) FROM ({window})", [*params, Q_SCAN_ROWS]
+            )
+            if scanned[0][0] == Q_SCAN_ROWS:
+                floor = scanned[0][1]
+            sql = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({window}) "
+                   f"AND instr(body, CAST(? AS BLOB)) > 0")
+            params += [Q_SCAN_ROWS, filters.q.encode()]
         sql += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit + 1)
-        try:
-            rows = await self.reader.execute_fetchall(sql, params)
-        except _SQLITE_ERRORS as exc:
-            raise StoreError(str(exc)) from exc
+        rows = await self._read(sql, [*params, limit + 1])
         items = [_event_record(row) for row in rows[:limit]]
-        next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
-        return EventPage(items=items, next_cursor=next_cursor)
+        if len(rows) > limit:
+            return EventPage(items=items, next_cursor=encode_cursor(rows[limit - 1]["seq"]))
+        return EventPage(items=items, next_cursor=encode_cursor(floor) if floor else None)
+
+    async def raw_body(self, event_id: str) -> tuple[bytes, str] | None:
+        rows = await self._read("SELECT body, headers FROM events WHERE id = ?", [event_id])
+        if not rows:
+            return None
+        headers = json.loads(rows[0]["headers"])
+        return bytes(rows[0]["body"]), headers.get("content-type", "application/json")
+
+    # The live tail and dashboards.
+
+    async def heads(self) -> tuple[int, int]:
+        rows = await self._read(
+            "SELECT (SELECT max(seq) FROM events), (SELECT max(done_seq) FROM attempts)", []
+        )
+        return rows[0][0] or 0, rows[0][1] or 0
+
+    async def tail_events(
+        self, filters: EventFilter, after: int, limit: int
+    ) -> list[tuple[int, EventRecord]]:
+        where, params = _event_where(filters)
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events{_and([*where, 'seq > ?'])} "
+            f"ORDER BY seq LIMIT ?",
+            [*params, after, limit],
+        )
+        return [(row["seq"], _event_record(row)) for row in rows]
+
+    async def tail_outcomes(
+        self, filters: EventFilter, after: int, limit: int
+    ) -> list[tuple[int, Outcome]]:
+        where, params = _event_where(filters, "e.")
+        rows = await self._read(
+            f"SELECT a.done_seq, a.delivery_id, d.event_id, e.type, d.handler, a.number, "
+            f"a.outcome, d.status, a.ended_at, a.error FROM attempts a "
+            f"JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.id = d.event_id"
+            f"{_and([*where, 'a.done_seq > ?'])} ORDER BY a.done_seq LIMIT ?",
+            [*params, after, limit],
+        )
+        return [(row[0], Outcome(*row[1:])) for row in rows]
+
+    async def add_ingest_counts(self, counts: Sequence[IngestCount]) -> None:
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "INSERT INTO ingest_counts (minute, source, outcome, reason, count) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (minute, source, outcome, reason) "
+                "DO UPDATE SET count = count + excluded.count",
+                [(c.minute, c.source, c.outcome, c.reason, c.count) for c in counts],
+            )
+
+        if counts:
+            await self._write(steps)
+
+    async def stats(self, since: float, until: float, minutes_from: int) -> StatsRows:
+        window = (since, until)
+        from_ = minutes_from * 60
+        events = await self._read(
+            "SELECT type, status, source, count(*) FROM events "
+            "WHERE received_at >= ? AND received_at < ? GROUP BY type, status, source", window)
+        accepted = await self._read(
+            "SELECT CAST(received_at / 60 AS INTEGER), count(*) FROM events "
+            "WHERE received_at >= ? AND received_at < ? GROUP BY 1", (from_, until))
+        counts = await self._read(
+            "SELECT minute, source, outcome, reason, count FROM ingest_counts "
+            "WHERE minute >= ? AND minute <= ?",
+            (min(int(since // 60), minutes_from), int(until // 60)))
+        attempts = await self._read(
+            "SELECT d.handler, a.outcome, count(*) FROM attempts a "
+            "JOIN deliveries d ON d.id = a.delivery_id "
+            "WHERE a.ended_at >= ? AND a.ended_at < ? GROUP BY d.handler, a.outcome", window)
+        failed = await self._read(
+            "SELECT CAST(ended_at / 60 AS INTEGER), count(*) FROM attempts "
+            "WHERE ended_at >= ? AND ended_at < ? AND outcome NOT IN ('succeeded', 'running') "
+            "GROUP BY 1", (from_, until))
+        gauges = await self.gauges()
+        return StatsRows(
+            events=[(r[0], r[1], r[2], r[3]) for r in events],
+            accepted_per_minute={r[0]: r[1] for r in accepted},
+            counts=[IngestCount(*r) for r in counts],
+            attempts=[(r[0], r[1], r[2]) for r in attempts],
+            failed_per_minute={r[0]: r[1] for r in failed},
+            dead=gauges.dead,
+        )
+
+    async def gauges(self) -> Gauges:
+        rows = await self._read(
+            "SELECT status, count(*) FROM deliveries "
+            "WHERE status IN ('pending', 'running', 'dead') GROUP BY status", [])
+        found = {row[0]: row[1] for row in rows}
+        return Gauges(found.get("pending", 0), found.get("running", 0), found.get("dead", 0))
 
     # Dispatch.
 
@@ -318,7 +419,8 @@ class SQLiteStore(Store):
             held: list[bool | StoreError] = []
             for r in results:
                 await conn.execute(
-                    "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, http_status = ? "
+                    "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, http_status = ?, "
+                    "done_seq = coalesce((SELECT max(done_seq) FROM attempts), 0) + 1 "
                     "WHERE delivery_id = ? AND number = ?",
                     (r.ended_at, r.outcome, r.error, r.http_status, r.delivery_id, r.attempt),
                 )
@@ -629,7 +731,8 @@ def _event_row(e: NewEvent) -> tuple[Any, ...]:
     )
 
 
-def _event_where(filters: EventFilter) -> tuple[list[str], list[Any]]:
+def _event_where(filters: EventFilter, prefix: str = "") -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of every filter but `q`, over columns of `events` named `prefix`."""
     clauses: list[tuple[str, Any]] = [
         ("source = ?", filters.source),
         ("type GLOB ?", filters.type),
@@ -639,8 +742,12 @@ def _event_where(filters: EventFilter) -> tuple[list[str], list[Any]]:
         ("received_at >= ?", filters.since),
         ("received_at < ?", filters.until),
     ]
-    used = [(sql, value) for sql, value in clauses if value is not None]
+    used = [(prefix + sql, value) for sql, value in clauses if value is not None]
     return [sql for sql, _ in used], [value for _, value in used]
+
+
+def _and(where: Sequence[str]) -> str:
+    return " WHERE " + " AND ".join(where) if where else ""
 
 
 def _event_record(row: sqlite3.Row, detail: bool = False) -> EventRecord:

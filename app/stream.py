@@ -1,0 +1,139 @@
+"""`GET /api/stream`: the live tail of the event log as server-sent events.
+
+A tail reads the store, not a process's memory: it follows the positions of stored events and of
+finished attempts, so it shows what every receiver and worker on the store did and resumes from
+`Last-Event-ID` after a reconnect. This process's intake and worker wake its tails when they write
+(`Changes`); without a wake-up a tail looks again every `stream_poll_seconds`. Idle streams get a
+heartbeat comment so proxies keep them open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import asdict
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from app.store import EventFilter, Store
+
+PAGE = 500
+_POSITION = re.compile(r"(\d{1,19})\.(\d{1,19})")
+
+
+class Changes:
+    """Wakes every waiting tail when this process wrote events or outcomes."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def token(self) -> asyncio.Event:
+        """Take before reading the store; `wait` then returns at once if anything was written
+        since, so no write falls between a read and the wait."""
+        return self._event
+
+    @staticmethod
+    async def wait(token: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(token.wait(), timeout)
+
+
+class _Positions:
+    """How far one kind of item was sent. With a store whose positions may commit out of
+    order (`margin` > 0), the last `margin` positions are read again and what was already sent
+    is skipped."""
+
+    def __init__(self, head: int, margin: int) -> None:
+        self.head = head
+        self.margin = margin
+        self.sent: set[int] | None = None  # None until the first read: all up to head counts as sent
+
+    def after(self) -> int:
+        return max(0, self.head - self.margin)
+
+    def fresh(self, positions: Iterable[int]) -> list[int]:
+        """The positions not sent yet, now counted as sent."""
+        known = self.sent
+        if known is None:
+            known = self.sent = set()
+            start = self.head
+        else:
+            start = -1
+        new = []
+        for position in positions:
+            if position > start and position not in known:
+                new.append(position)
+            known.add(position)
+            self.head = max(self.head, position)
+        floor = self.head - self.margin
+        self.sent = {p for p in known if p > floor}
+        return new
+
+
+def parse_position(text: str | None) -> tuple[int, int] | None:
+    """A `Last-Event-ID` this server handed out, or None."""
+    if not text:
+        return None
+    match = _POSITION.fullmatch(text.strip())
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def _frame(kind: str, position: str, data: dict[str, Any]) -> str:
+    return f"id: {position}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def tail(
+    store: Store, filters: EventFilter, start: tuple[int, int], changes: Changes,
+    poll_seconds: float, heartbeat_seconds: float,
+) -> AsyncIterator[str]:
+    """SSE frames of events and attempt outcomes after `start`, forever."""
+    loop = asyncio.get_running_loop()
+    events = _Positions(start[0], store.tail_margin)
+    outcomes = _Positions(start[1], store.tail_margin)
+    yield "retry: 2000\n\n"
+    quiet_since = loop.time()
+    while True:
+        token = changes.token()
+        new_events = await store.tail_events(filters, events.after(), PAGE)
+        new_outcomes = await store.tail_outcomes(filters, outcomes.after(), PAGE)
+        # Each frame's id resumes right after it: events first, then outcomes.
+        outcomes_before = outcomes.head
+        fresh_events = set(events.fresh(seq for seq, _ in new_events))
+        fresh_outcomes = set(outcomes.fresh(seq for seq, _ in new_outcomes))
+        for seq, record in new_events:
+            if seq in fresh_events:
+                yield _frame("event", f"{seq}.{outcomes_before}", record.model_dump(mode="json"))
+        for seq, outcome in new_outcomes:
+            if seq in fresh_outcomes:
+                yield _frame("delivery", f"{events.head}.{seq}", asdict(outcome))
+        if fresh_events or fresh_outcomes:
+            quiet_since = loop.time()
+        if len(new_events) == PAGE or len(new_outcomes) == PAGE:
+            continue
+        if loop.time() - quiet_since >= heartbeat_seconds:
+            yield ": ping\n\n"
+            quiet_since = loop.time()
+        wait = min(poll_seconds, heartbeat_seconds - (loop.time() - quiet_since))
+        await changes.wait(token, max(0.0, wait))
+
+
+def stream_response(frames: AsyncIterator[str]) -> Response:
+    return StreamingResponse(
+        frames, media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def start_of(request: Request, store: Store) -> tuple[int, int]:
+    """Where a stream starts: after `Last-Event-ID` when it is one of ours, else at the heads."""
+    given = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    return parse_position(given) or await store.heads()
