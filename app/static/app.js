@@ -710,7 +710,7 @@ async function replay(eventId, handler = null) {
     note = { eventId, ok: false, text: `Replay failed: ${describe(error)}` };
   }
   state.replayNote = note;
-  if (state.detailId === eventId || !state.detailId) await openDetail(eventId);
+  await openDetail(eventId);
   // Delivery frames refresh the detail as the new delivery runs; without a live tail, look again.
   setTimeout(() => { if (state.detailId === eventId) openDetail(eventId); }, 1500);
   refreshDeadSoon();
@@ -742,7 +742,14 @@ async function loadDeadLetters(more = false) {
 const refreshDeadSoon = debounce(() => loadDeadLetters(), 1000);
 
 function deadRow(delivery) {
-  const result = h("span", { class: "small-text" });
+  const replayButton = isAdmin() ? h("button", { type: "button", class: "small secondary",
+    title: `replay to ${delivery.handler}`,
+    onclick: async () => {
+      replayButton.disabled = true;
+      replayButton.textContent = "…";
+      const note = await replay(delivery.event_id, delivery.handler);
+      replayButton.textContent = note?.ok ? "queued" : "failed";
+    } }, "Replay") : "";
   return h("tr", { "data-delivery-id": delivery.id, "data-event-id": delivery.event_id },
     h("td", { class: "time", title: fmtFull(delivery.updated_at) }, fmtTime(delivery.updated_at)),
     h("td", { class: "type" }, h("button", { type: "button", class: "link",
@@ -750,13 +757,8 @@ function deadRow(delivery) {
     delivery.event_type ?? delivery.event_id)),
     h("td", {}, delivery.handler),
     h("td", {}, delivery.attempts),
-    h("td", { class: "error-text clip", title: delivery.last_error ?? "" }, delivery.last_error ?? ""),
-    h("td", {}, isAdmin() ? h("button", { type: "button", class: "small secondary",
-      onclick: async () => {
-        result.textContent = "…";
-        const note = await replay(delivery.event_id, delivery.handler);
-        result.textContent = note?.ok ? "queued" : "failed";
-      } }, "Replay") : "", result),
+    h("td", { class: "error-text", title: delivery.last_error ?? "" }, delivery.last_error ?? ""),
+    h("td", {}, replayButton),
   );
 }
 
