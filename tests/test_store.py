@@ -216,3 +216,128 @@ async def test_singleton_jobs_run_in_one_process(store: Store, store_url: str) -
             assert after is True  # released with the block
     finally:
         await other.close()
+
+
+def _backend_module(store: Store) -> object:
+    import sys
+
+    return sys.modules[type(store).__module__]
+
+
+async def test_q_searches_raw_bodies_within_a_bounded_scan(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = [event(n) for n in range(1, 13)]
+    for e in events:
+        e.body = b'{"note": "%s"}' % (b"needle here" if e.received_at - T0 in (2, 11) else b"hay")
+    await store.save_events(events)
+    found = await store.list_events(EventFilter(q="needle"), 50)
+    assert [int(i.received_at - T0) for i in found.items] == [11, 2]
+    assert found.next_cursor is None
+    assert (await store.list_events(EventFilter(q="NEEDLE"), 50)).items == []
+    assert len((await store.list_events(EventFilter(q='"note"', source="s"), 50)).items) == 12
+
+    # Each page reads at most Q_SCAN_ROWS rows; the cursor carries the search on below them.
+    monkeypatch.setattr(_backend_module(store), "Q_SCAN_ROWS", 5)
+    first = await store.list_events(EventFilter(q="needle"), 50)
+    assert [int(i.received_at - T0) for i in first.items] == [11]
+    assert first.next_cursor is not None
+    second = await store.list_events(EventFilter(q="needle"), 50, first.next_cursor)
+    assert second.items == [] and second.next_cursor is not None  # rows 3..7: no match
+    third = await store.list_events(EventFilter(q="needle"), 50, second.next_cursor)
+    assert [int(i.received_at - T0) for i in third.items] == [2]
+    assert third.next_cursor is None
+
+
+async def test_raw_body_is_the_bytes_received(store: Store) -> None:
+    e = event(1)
+    e.body = b'\xef\xbb\xbf{"a" :  1, "text": "caf\xc3\xa9"}'
+    e.headers = {"content-type": "application/cloudevents+json"}
+    [saved] = await store.save_events([e])
+    assert await store.raw_body(saved.id) == (e.body, "application/cloudevents+json")
+    assert await store.raw_body("evt_missing") is None
+
+
+async def test_pages_under_concurrent_inserts_skip_and_repeat_nothing(store: Store) -> None:
+    await store.save_events([event(n) for n in range(1, 31)])
+    before = {i.id for i in (await store.list_events(EventFilter(), 500)).items}
+    seen: list[str] = []
+    cursor = None
+    n = 100
+    while True:
+        page = await store.list_events(EventFilter(), 7, cursor)
+        seen += [item.id for item in page.items]
+        # Newer events arrive between pages; they belong before the first page.
+        await store.save_events([event(n), event(n + 1)])
+        n += 2
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 30
+    assert set(seen) == before
+
+
+async def test_tail_follows_events_and_finished_attempts(store: Store) -> None:
+    from app.store.base import Finished
+
+    assert await store.heads() == (0, 0)
+    await store.save_events([event(1, type_="a.job.done", handlers=("h",)),
+                             event(2, type_="b.file.done", handlers=("h",))])
+    heads = await store.heads()
+    assert heads[0] > 0 and heads[1] == 0
+    tailed = await store.tail_events(EventFilter(), 0, 10)
+    assert [r.type for _, r in tailed] == ["a.job.done", "b.file.done"]
+    assert [r.type for _, r in await store.tail_events(EventFilter(type="b.*"), 0, 10)] == [
+        "b.file.done"]
+    assert await store.tail_events(EventFilter(), heads[0], 10) == []
+
+    claims = await store.claim_due("w", T0 + 5, 30, 10)
+    by_type = {c.event.type: c for c in claims}
+    await store.finish([Finished(by_type["b.file.done"].delivery_id, "w", 1, T0 + 6,
+                                 "transient", "pending", T0 + 60, "boom")])
+    await store.finish([Finished(by_type["a.job.done"].delivery_id, "w", 1, T0 + 7,
+                                 "succeeded", "succeeded")])
+    outcomes = await store.tail_outcomes(EventFilter(), 0, 10)
+    assert [(o.event_type, o.outcome, o.status, o.error) for _, o in outcomes] == [
+        ("b.file.done", "transient", "pending", "boom"),
+        ("a.job.done", "succeeded", "succeeded", None),
+    ]
+    first_position = outcomes[0][0]
+    assert [o.event_type for _, o in await store.tail_outcomes(EventFilter(), first_position, 10)
+            ] == ["a.job.done"]
+    assert [o.outcome for _, o in await store.tail_outcomes(EventFilter(type="b.*"), 0, 10)] == [
+        "transient"]
+    assert (await store.heads())[1] == outcomes[-1][0]
+
+
+async def test_stats_rows_and_gauges(store: Store) -> None:
+    from app.store.base import Finished, IngestCount
+
+    minute = int(T0 // 60)
+    await store.save_events([
+        event(1, type_="a.job.done", source="x", handlers=("h",)),
+        event(2, type_="a.job.done", source="y"),
+        event(3, type_="b.file.done", source="x", handlers=("h",)),
+        event(-7200, type_="old.one", source="x"),
+    ])
+    claims = {c.event.type: c for c in await store.claim_due("w", T0 + 10, 30, 10)}
+    await store.finish([
+        Finished(claims["a.job.done"].delivery_id, "w", 1, T0 + 11, "timeout", "dead", error="slow"),
+        Finished(claims["b.file.done"].delivery_id, "w", 1, T0 + 12, "succeeded", "succeeded"),
+    ])
+    await store.add_ingest_counts([IngestCount(minute, "x", "duplicate", "", 2),
+                                   IngestCount(minute, "x", "rejected", "unauthorized", 1)])
+    await store.add_ingest_counts([IngestCount(minute, "x", "duplicate", "", 3)])
+    rows = await store.stats(T0 - 3600, T0 + 60, minute - 59)
+    # The event from two hours ago is outside the window.
+    assert sorted(rows.events) == [("a.job.done", "failed", "x", 1),
+                                   ("a.job.done", "unrouted", "y", 1),
+                                   ("b.file.done", "delivered", "x", 1)]
+    assert rows.accepted_per_minute == {minute: 3}
+    assert sorted((c.outcome, c.reason, c.count) for c in rows.counts) == [
+        ("duplicate", "", 5), ("rejected", "unauthorized", 1)]
+    assert sorted(rows.attempts) == [("h", "succeeded", 1), ("h", "timeout", 1)]
+    assert rows.failed_per_minute == {minute: 1}
+    assert rows.dead == 1
+    gauges = await store.gauges()
+    assert (gauges.pending, gauges.running, gauges.dead) == (0, 0, 1)
