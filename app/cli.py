@@ -151,14 +151,21 @@ def cmd_send(args: argparse.Namespace) -> int:
 async def _list_events(settings: Settings, args: argparse.Namespace) -> None:
     from rich.table import Table
 
+    now = time.time()
+    filters = EventFilter(
+        source=args.source, type=args.type, status=args.status, job_id=args.job_id,
+        file_id=args.file_id, since=parse_when(args.since, now) if args.since else None,
+        until=parse_when(args.until, now) if args.until else None, q=args.q,
+    )
     store = store_from_url(settings.storage.url)
     await store.open()
     try:
-        page = await store.list_events(
-            EventFilter(source=args.source, type=args.type), args.limit
-        )
+        page = await store.list_events(filters, args.limit, args.cursor)
     finally:
         await store.close()
+    if args.json:
+        print(json.dumps(page.model_dump(mode="json"), indent=2))
+        return
     table = Table()
     for column in ("received", "id", "source", "type", "status", "job", "file"):
         table.add_column(column, no_wrap=column in ("received", "id"))
@@ -169,6 +176,8 @@ async def _list_events(settings: Settings, args: argparse.Namespace) -> None:
             item.job_id or "", item.file_id or "",
         )
     _console().print(table)
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
 
 
 async def _show_event(settings: Settings, event_id: str) -> int:
@@ -365,7 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--config")
     listing.add_argument("--source")
     listing.add_argument("--type", help="glob over the canonical type")
+    listing.add_argument("--status", help="unrouted, pending, delivered or failed")
+    listing.add_argument("--job-id")
+    listing.add_argument("--file-id")
+    listing.add_argument("--since", help="unix seconds, ISO 8601, or an age: 90s, 30m, 2h, 7d")
+    listing.add_argument("--until", help="as --since")
+    listing.add_argument("--q", help="substring of the raw body")
     listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--cursor", help="the next page, as printed after the previous one")
+    listing.add_argument("--json", action="store_true", help="the API's JSON page")
     show = events_verbs.add_parser("show", help="one event with its deliveries, as JSON")
     show.add_argument("id")
     show.add_argument("--config")

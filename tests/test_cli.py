@@ -106,3 +106,22 @@ def test_prune(tmp_path: Path) -> None:
     # The seeded events carry the fake clock's time, weeks before now.
     gone = hookline("prune", "--older-than", "1", "--config", str(config), cwd=env_cwd)
     assert "pruned 3 events older than 1 days" in gone.stdout
+
+
+def test_events_list_uses_the_api_filters(tmp_path: Path) -> None:
+    import json
+
+    config, ids = _seed(tmp_path)
+    listed = hookline("events", "list", "--config", str(config), "--status", "failed",
+                      "--type", "file.*", "--limit", "2", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    page = json.loads(listed.stdout)
+    assert [item["id"] for item in page["items"]] == ids[::-1][:2]
+    rest = hookline("events", "list", "--config", str(config), "--status", "failed", "--json",
+                    "--cursor", page["next_cursor"], "--limit", "2", cwd=tmp_path)
+    assert [item["id"] for item in json.loads(rest.stdout)["items"]] == [ids[0]]
+    none = hookline("events", "list", "--config", str(config), "--q", "no such text", "--json",
+                    cwd=tmp_path)
+    assert json.loads(none.stdout)["items"] == []
+    table = hookline("events", "list", "--config", str(config), "--limit", "1", cwd=tmp_path)
+    assert ids[-1] in table.stdout and "more: --cursor" in table.stderr
