@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from app import api, dashboard, ingest
+from app import api, dashboard, ingest, openapi
 from app.metrics import metrics_endpoint
 from app.clock import Clock, SystemClock
 from app.config import Settings
@@ -68,6 +68,7 @@ RECEIVER_ROUTES = [
     Route("/api/files/{file_id}", api.get_entity, methods=["GET"]),
     Route("/api/stats", api.get_stats, methods=["GET"]),
     Route("/api/stream", api.live_tail, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     Route("/", dashboard.index, methods=["GET"]),
     Mount("/static", app=dashboard.assets(), name="static"),
 ]

@@ -403,3 +403,19 @@ async def test_live_tail_applies_the_filters(
             assert (outcome["event_id"], outcome["handler"]) == (wanted, "rec")
         bad = await client.get("/api/stream", params={"since": "soon"}, headers=AUTH)
         assert bad.status_code == 400
+
+
+async def test_openapi_describes_every_api_route(app: Starlette, client: httpx.AsyncClient) -> None:
+    from starlette.routing import Route
+
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.")
+    served = {(route.path, method.lower()) for route in app.routes
+              if isinstance(route, Route) and route.path.startswith("/api/")
+              for method in (route.methods or ()) if method != "HEAD"}
+    described = {(path, method) for path, item in spec["paths"].items() for method in item}
+    assert served == described
+    refs = json.dumps(spec).count('"$ref": "#/components/schemas/')
+    assert refs > 0
+    for name in ("EventPage", "EventRecord", "DeliveryPage", "DeliveryRecord", "Error"):
+        assert name in spec["components"]["schemas"]

@@ -1,0 +1,153 @@
+"""`GET /openapi.json`: the read API described as OpenAPI 3.1, for clients and API fuzzers.
+
+Paths are listed here beside the parameters each endpoint reads; the bodies' schemas come from
+the same pydantic models the endpoints serialise, so the description cannot drift from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from schemas.records import DeliveryPage, EventPage, EventRecord
+
+_STRING = {"type": "string"}
+_TIME = {"type": "number", "description": "unix seconds"}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": _STRING}
+
+
+_EVENT_FILTERS = [
+    _query("source", _STRING),
+    _query("type", _STRING, "glob over the canonical type, e.g. alfred.job.*"),
+    _query("status", {"enum": ["unrouted", "pending", "delivered", "failed"]}),
+    _query("job_id", _STRING),
+    _query("file_id", _STRING),
+    _query("since", _TIME),
+    _query("until", _TIME),
+]
+_PAGE = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+    _query("cursor", _STRING, "next_cursor of the previous page"),
+]
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_REPLAY_BODY = {
+    "type": "object",
+    "properties": {"handler": _STRING, "dry_run": {"type": "boolean"}},
+    "additionalProperties": True,
+}
+
+
+def _answer(schema: dict[str, Any] | None, *errors: int, media: str = "application/json",
+            status: str = "200") -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        status: {"description": "ok", "content": {media: {"schema": schema or {}}}},
+        "401": {"description": "no valid bearer token", "content": {
+            "application/json": {"schema": _ERROR}}},
+    }
+    for code in errors:
+        responses[str(code)] = {"description": "error", "content": {
+            "application/json": {"schema": _ERROR}}}
+    return responses
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _operation(summary: str, parameters: list[dict[str, Any]], responses: dict[str, Any],
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "parameters": parameters,
+                                 "responses": responses, "security": [{"bearer": []}]}
+    if body is not None:
+        operation["requestBody"] = {"required": False, "content": {
+            "application/json": {"schema": body}}}
+    return operation
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/api/whoami": {"get": _operation("The caller's token name and scopes", [], _answer({
+            "type": "object", "properties": {"name": {"type": ["string", "null"]},
+                                             "scopes": {"type": "array", "items": _STRING},
+                                             "open": {"type": "boolean"}}}))},
+        "/api/events": {"get": _operation(
+            "Events, newest first", [*_EVENT_FILTERS, _query(
+                "q", {"type": "string", "minLength": 1, "maxLength": 200},
+                "substring of the raw body (a bounded scan per page)"), *_PAGE],
+            _answer(_ref(EventPage), 400))},
+        "/api/events/{event_id}": {"get": _operation(
+            "One event with its payload, headers, deliveries and attempts",
+            [_path("event_id")], _answer(_ref(EventRecord), 404))},
+        "/api/events/{event_id}/raw": {"get": _operation(
+            "The exact bytes received", [_path("event_id")],
+            _answer({"type": "string"}, 404, media="application/octet-stream"))},
+        "/api/events/{event_id}/replay": {"post": _operation(
+            "Fresh deliveries for one event (admin)", [_path("event_id")],
+            _answer({"type": "object"}, 400, 403, 404, status="202"), _REPLAY_BODY)},
+        "/api/replay": {"post": _operation(
+            "Fresh deliveries for every event a filter selects (admin)", [],
+            _answer({"type": "object"}, 400, 403, status="202"), {
+                **_REPLAY_BODY, "properties": {
+                    **_REPLAY_BODY["properties"], "source": _STRING, "type": _STRING,
+                    "status": _STRING, "since": _TIME, "until": _TIME}})},
+        "/api/deliveries": {"get": _operation(
+            "Deliveries, newest first",
+            [_query("status", {"enum": ["pending", "running", "succeeded", "dead"]}),
+             _query("handler", _STRING), _query("type", _STRING), _query("since", _TIME),
+             *_PAGE],
+            _answer(_ref(DeliveryPage), 400))},
+        "/api/jobs/{job_id}": {"get": _operation(
+            "The lifecycle of one job", [_path("job_id")], _answer({"type": "object"}, 404))},
+        "/api/files/{file_id}": {"get": _operation(
+            "The lifecycle of one file", [_path("file_id")], _answer({"type": "object"}, 404))},
+        "/api/stats": {"get": _operation(
+            "Counts over a window and a per-minute histogram of the last hour",
+            [_query("window", {"type": "integer", "minimum": 60, "maximum": 604800,
+                               "default": 3600})],
+            _answer({"type": "object"}, 400))},
+        "/api/stream": {"get": _operation(
+            "Live tail: server-sent events `event` and `delivery`; resume with Last-Event-ID",
+            [*_EVENT_FILTERS, {"name": "last-event-id", "in": "header", "required": False,
+                               "schema": _STRING}],
+            _answer({"type": "string"}, 400, media="text/event-stream"))},
+    }
+
+
+def _components() -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message", "details"],
+            "properties": {"code": _STRING, "message": _STRING,
+                           "details": {"type": "array"}}}}},
+    }
+    for model in (EventPage, EventRecord, DeliveryPage):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}",
+                                         mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return {"schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "hookline read API", "version": "1"},
+        "paths": _paths(),
+        "components": _components(),
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(document())
