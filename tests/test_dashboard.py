@@ -91,8 +91,9 @@ def post_event(server: ServerProcess, msg_id: str, job_id: str) -> str:
 
 
 @contextmanager
-def browser_page(server: ServerProcess) -> Iterator[Page]:
-    """A fresh page at 1280 px wide; fails the test on any uncaught script error."""
+def browser_page(server: ServerProcess, missing: tuple[str, ...] = ()) -> Iterator[Page]:
+    """A fresh page at 1280 px wide, where the paths in `missing` answer 404 as an older server
+    would; fails the test on any uncaught script error."""
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
@@ -101,6 +102,10 @@ def browser_page(server: ServerProcess) -> Iterator[Page]:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("pageerror", lambda error: errors.append(str(error)))
+            for path in missing:
+                page.route(f"{server.url}{path}*", lambda route: route.fulfill(
+                    status=404, content_type="application/json",
+                    body='{"error": {"code": "not_found", "message": "Not Found", "details": []}}'))
             page.goto(f"{server.url}/")
             yield page
         finally:
@@ -159,6 +164,9 @@ def test_live_event_detail_and_replay(tmp_path: Path) -> None:
         expect(detail.locator('.delivery[data-status="succeeded"]')).to_have_count(2,
                                                                                     timeout=WAIT)
 
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
         page.locator("#events tbody tr").first.locator('button[data-kind="job"]').click()
         expect(page.locator("#lifecycle-body")).to_contain_text("job-7", timeout=WAIT)
 
@@ -166,10 +174,6 @@ def test_live_event_detail_and_replay(tmp_path: Path) -> None:
         assert page.evaluate("sessionStorage.getItem('hookline.token')") == ADMIN_TOKEN
         assert page.evaluate("localStorage.length") == 0
         assert not [url for url in urls if ADMIN_TOKEN in url]
-
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-
 
 def test_read_token_has_no_replay_and_a_refused_token_is_asked_again(tmp_path: Path) -> None:
     require_browser()
@@ -201,3 +205,21 @@ def test_open_api_asks_for_no_token(tmp_path: Path) -> None:
         expect(page.locator("#whoami")).to_contain_text("open", timeout=WAIT)
         expect(page.locator("#auth")).to_be_hidden()
         expect(page.locator("#sign-out")).to_be_hidden()
+
+
+def test_degrades_without_the_newer_endpoints(tmp_path: Path) -> None:
+    require_browser()
+    from playwright.sync_api import expect
+
+    missing = ("/api/whoami", "/api/stats", "/api/stream")
+    with running_server(["--config", str(write_config(tmp_path))], cwd=tmp_path) as server:
+        event_id = post_event(server, "msg-dashboard-3", "job-9")
+        with browser_page(server, missing) as page:
+            sign_in(page, ADMIN_TOKEN)
+            expect(page.locator("#app")).to_be_visible(timeout=WAIT)
+            expect(page.locator("#chart")).to_contain_text("no data", timeout=WAIT)
+            expect(page.locator("#live-status")).to_have_attribute("data-state", "unavailable",
+                                                                   timeout=WAIT)
+            page.locator(f'#events tbody tr[data-event-id="{event_id}"]').click(timeout=WAIT)
+            expect(page.locator("#detail-payload")).to_contain_text("job-9", timeout=WAIT)
+            expect(page.locator("#replay-button")).to_have_count(0)  # scopes unknown: no replay

@@ -578,7 +578,10 @@ function selectRow(eventId) {
 }
 
 async function openDetail(eventId) {
-  if (state.detailId !== eventId && state.replayNote?.eventId !== eventId) state.replayNote = null;
+  if (state.detailId !== eventId) {
+    if (state.replayNote?.eventId !== eventId) state.replayNote = null;
+    $(".col-side").scrollTop = 0; // the detail is the side column's first panel
+  }
   state.detailId = eventId;
   selectRow(eventId);
   const gen = ++state.detailGen;
