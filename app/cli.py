@@ -57,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.logs import configure_logging
     from app.main import create_app
+    from app.serving import Server
 
     settings = _settings(args.config)
     server = settings.server
@@ -82,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
@@ -94,7 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
+    Server(config, app.state.runtime.changes).run()
     return 0
+
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

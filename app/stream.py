@@ -23,6 +23,9 @@ from starlette.responses import Response, StreamingResponse
 from app.store import EventFilter, Store
 
 PAGE = 500
+# Under a burst of writes, wake-ups come faster than reads are worth: a tail reads at most this
+# often, and each read takes everything since the last one.
+MIN_READ_GAP = 0.05
 _POSITION = re.compile(r"(\d{1,19})\.(\d{1,19})")
 
 
@@ -31,10 +34,16 @@ class Changes:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
 
     def notify(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+
+    def close(self) -> None:
+        """End every tail: the server is shutting down and should not wait for them."""
+        self.closed = True
+        self.notify()
 
     def token(self) -> asyncio.Event:
         """Take before reading the store; `wait` then returns at once if anything was written
@@ -95,14 +104,16 @@ async def tail(
     store: Store, filters: EventFilter, start: tuple[int, int], changes: Changes,
     poll_seconds: float, heartbeat_seconds: float,
 ) -> AsyncIterator[str]:
-    """SSE frames of events and attempt outcomes after `start`, forever."""
+    """SSE frames of events and attempt outcomes after `start`, until the client goes away or
+    the server shuts down."""
     loop = asyncio.get_running_loop()
     events = _Positions(start[0], store.tail_margin)
     outcomes = _Positions(start[1], store.tail_margin)
     yield "retry: 2000\n\n"
     quiet_since = loop.time()
-    while True:
+    while not changes.closed:
         token = changes.token()
+        read_at = loop.time()
         new_events = await store.tail_events(filters, events.after(), PAGE)
         new_outcomes = await store.tail_outcomes(filters, outcomes.after(), PAGE)
         # Each frame's id resumes right after it: events first, then outcomes.
@@ -124,6 +135,9 @@ async def tail(
             quiet_since = loop.time()
         wait = min(poll_seconds, heartbeat_seconds - (loop.time() - quiet_since))
         await changes.wait(token, max(0.0, wait))
+        gap = MIN_READ_GAP - (loop.time() - read_at)
+        if gap > 0:
+            await asyncio.sleep(gap)
 
 
 def stream_response(frames: AsyncIterator[str]) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,26 @@ def test_query_token_never_logged(tmp_path: Path) -> None:
     assert [line["status"] for line in access] == [202, 401]
     assert access[0]["type"] == "alfred.job.failed"
     assert access[0]["path"] == "/webhooks/alfred?token=REDACTED"
+
+
+def test_live_tail_over_tcp_and_a_stop_that_does_not_wait_for_it(tmp_path: Path) -> None:
+    sample = SAMPLES / "standard" / "file.processing_failed.json"
+    with running_server([], cwd=tmp_path) as server, httpx.stream(
+        "GET", f"{server.url}/api/stream", timeout=10
+    ) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "retry: 2000"
+        sent = hookline("send", "demo", str(sample), "--url", f"{server.url}/webhooks/demo",
+                        cwd=tmp_path)
+        event_id = json.loads(sent.stdout.splitlines()[1])["id"]
+        frame = []
+        for line in lines:
+            if line.startswith("data: ") and event_id in line:
+                frame.append(json.loads(line.removeprefix("data: ")))
+                break
+        assert frame[0]["type"] == "file.processing_failed"
+        # A stop ends the open tail instead of waiting out the 10 s grace period for it.
+        # (uvicorn raises the signal again once it has shut down cleanly.)
+        server.proc.terminate()
+        assert server.proc.wait(timeout=5) in (0, -signal.SIGTERM)
+        assert list(lines)[-1:] in ([], [""])
