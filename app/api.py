@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import replay, stats, stream, tracking
+from app.config import ApiToken
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -22,7 +23,6 @@ from app.errors import (
     NotFound,
     Unauthorized,
 )
-from app.config import ApiToken
 from app.runtime import Runtime
 from app.store import EventFilter
 

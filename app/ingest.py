@@ -13,7 +13,6 @@ import json
 import math
 import time
 from typing import Any
-
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send

@@ -21,11 +21,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from app import api, dashboard, ingest, openapi
-from app.metrics import metrics_endpoint
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.http_errors import EXCEPTION_HANDLERS
 from app.logs import AccessLogMiddleware
+from app.metrics import metrics_endpoint
 from app.runtime import Role, Runtime, default_http
 from app.scheduler import Maintenance, start_scheduler
 from app.store import Store, StoreError, store_from_url

@@ -41,11 +41,8 @@ _PAGE = [
     _query("cursor", _STRING, "next_cursor of the previous page"),
 ]
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_REPLAY_BODY = {
-    "type": "object",
-    "properties": {"handler": _STRING, "dry_run": {"type": "boolean"}},
-    "additionalProperties": True,
-}
+_REPLAY_FIELDS: dict[str, Any] = {"handler": _STRING, "dry_run": {"type": "boolean"}}
+_REPLAY_BODY = {"type": "object", "properties": _REPLAY_FIELDS, "additionalProperties": True}
 
 
 def _answer(schema: dict[str, Any] | None, *errors: int, media: str = "application/json",
@@ -99,7 +96,7 @@ def _paths() -> dict[str, Any]:
             "Fresh deliveries for every event a filter selects (admin)", [],
             _answer({"type": "object"}, 400, 403, status="202"), {
                 **_REPLAY_BODY, "properties": {
-                    **_REPLAY_BODY["properties"], "source": _STRING, "type": _STRING,
+                    **_REPLAY_FIELDS, "source": _STRING, "type": _STRING,
                     "status": _STRING, "since": _TIME, "until": _TIME}})},
         "/api/deliveries": {"get": _operation(
             "Deliveries, newest first",

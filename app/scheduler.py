@@ -8,11 +8,10 @@ leases and wakes the worker for whatever became due, and a prune of events past 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-from collections.abc import Awaitable, Callable, Mapping
 
 from app import lifecycle
 from app.clock import Clock
