@@ -4,6 +4,7 @@
 
 const TOKEN_KEY = "hookline.token";
 const PAGE_SIZE = 50;
+const MAX_ROWS = 1000; // the live tail drops the oldest rows past this
 const STATS_EVERY_MS = 10_000;
 const STREAM_IDLE_MS = 60_000; // no byte (not even a ping) for this long: reconnect
 const SERIES = ["accepted", "duplicate", "rejected", "delivery_failed"];
@@ -24,6 +25,8 @@ const state = {
   lastEventId: null,
   stats: null,
   statsTimer: null,
+  redraw: null,
+  statsSoon: null,
   detailId: null,
   detailGen: 0,
   detailTimer: null,
@@ -277,10 +280,23 @@ function addRow(event, where) {
   if (where === "top") {
     row.classList.add("fresh");
     body.prepend(row);
+    if (state.rows.size > MAX_ROWS) trimRows(body);
   } else {
     body.append(row);
   }
   $("#events-empty").hidden = true;
+}
+
+function trimRows(body) {
+  while (state.rows.size > MAX_ROWS) {
+    const last = body.lastElementChild;
+    state.rows.delete(last.dataset.eventId);
+    last.remove();
+  }
+  // The cursor pointed past rows that are gone: older events are a filter (until) away.
+  state.cursor = null;
+  $("#load-more").hidden = true;
+  $("#log-note").textContent = `Showing the newest ${MAX_ROWS}; set "until" to see older events.`;
 }
 
 async function loadEvents(more = false) {
@@ -473,7 +489,9 @@ async function refreshStats() {
   }
 }
 
-const refreshStatsSoon = debounce(refreshStats, 1500);
+function refreshStatsSoon() {
+  state.statsSoon ??= setTimeout(() => { state.statsSoon = null; refreshStats(); }, 1500);
+}
 
 function nudgeChart(series, at) {
   const minutes = state.stats?.per_minute;
@@ -482,7 +500,8 @@ function nudgeChart(series, at) {
   const when = at ?? Date.now() / 1000;
   if (when >= last.minute && when < last.minute + 60) {
     last[series] = (last[series] ?? 0) + 1;
-    drawChart(state.stats);
+    // A busy tail sends many frames a second: draw at most twice a second.
+    state.redraw ??= setTimeout(() => { state.redraw = null; drawChart(state.stats); }, 500);
   }
   refreshStatsSoon();
 }
@@ -513,7 +532,7 @@ function drawChart(stats, message = "no data") {
   );
 
   const width = 760, height = 210;
-  const m = { left: 44, right: 10, top: 10, bottom: 38 };
+  const m = { left: 58, right: 10, top: 10, bottom: 38 };
   const plotW = width - m.left - m.right, plotH = height - m.top - m.bottom;
   const peak = Math.max(1, ...minutes.map((b) => SERIES.reduce((n, k) => n + (b[k] ?? 0), 0)));
   const step = niceStep(peak, 4);
