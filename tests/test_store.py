@@ -259,20 +259,40 @@ async def test_raw_body_is_the_bytes_received(store: Store) -> None:
 
 
 async def test_pages_under_concurrent_inserts_skip_and_repeat_nothing(store: Store) -> None:
+    import asyncio
+
     await store.save_events([event(n) for n in range(1, 31)])
     before = {i.id for i in (await store.list_events(EventFilter(), 500)).items}
-    seen: list[str] = []
-    cursor = None
-    n = 100
-    while True:
-        page = await store.list_events(EventFilter(), 7, cursor)
-        seen += [item.id for item in page.items]
-        # Newer events arrive between pages; they belong before the first page.
-        await store.save_events([event(n), event(n + 1)])
-        n += 2
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+    paging_done = asyncio.Event()
+    written = 0
+
+    async def writer() -> None:
+        nonlocal written
+        n = 1000
+        while not paging_done.is_set():
+            await store.save_events([event(n), event(n + 1)])
+            written += 2
+            n += 2
+            await asyncio.sleep(0)
+
+    async def pager() -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        try:
+            while True:
+                page = await store.list_events(EventFilter(), 7, cursor)
+                seen += [item.id for item in page.items]
+                cursor = page.next_cursor
+                if cursor is None:
+                    return seen
+                while written < 2 * (len(seen) // 7):  # newer events land between pages
+                    await asyncio.sleep(0)
+        finally:
+            paging_done.set()
+
+    seen, _ = await asyncio.gather(pager(), writer())
+    assert written >= 8
+    # Newer events belong before the first page: the pages hold exactly what was there.
     assert len(seen) == len(set(seen)) == 30
     assert set(seen) == before
 
