@@ -186,13 +186,35 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on a repeated key (Python keeps the last, others the first or refuse):
+    # a signed body that two readers see differently is refused rather than guessed at.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey
+    return obj
+
+
+# Built once: json.loads with options builds a new decoder on every call, which cost more than
+# the parse itself for a typical webhook body.
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_distinct_keys
+)
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidJson("body is not UTF-8") from None
     try:
-        payload = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        payload = _DECODER.decode(text)
+    except _DuplicateKey:
+        raise InvalidJson("body has a duplicate key in an object") from None
     except (ValueError, RecursionError):
         raise InvalidJson("body is not valid JSON") from None
     if not isinstance(payload, dict):
