@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -206,6 +207,36 @@ _DECODER = json.JSONDecoder(
 )
 
 
+# Only a \u escape can put a lone surrogate or a NUL into a decoded string (raw UTF-8 cannot
+# carry a surrogate, and JSON forbids raw control characters in strings).
+_RISKY_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _unstorable(payload: Any) -> bool:
+    """Whether a string in `payload` holds a lone surrogate (not Unicode, so not UTF-8) or a NUL
+    (which PostgreSQL's jsonb cannot hold): neither store could write such an event."""
+    stack = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value or not value.isascii() and _has_surrogate(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8-sig")
@@ -219,4 +250,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         raise InvalidJson("body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise InvalidJson("body must be a JSON object")
+    # A string the store cannot write would otherwise be refused as 503, which tells the sender
+    # to retry an event that can never be stored.
+    if _RISKY_ESCAPE.search(text) and _unstorable(payload):
+        raise InvalidJson("body has a string with a NUL or an unpaired surrogate")
     return payload
