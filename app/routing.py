@@ -4,6 +4,7 @@ A route matches on the canonical type (a glob such as `alfred.job.*`, `*.failed`
 optional source name and an optional `where` filter over the payload. Each `where` entry maps a
 dotted path to a condition: a scalar means equality, a list means "one of", and a table states
 the operator (`{ eq = ... }`, `{ in = [...] }`, `{ exists = true|false }`, `{ ne = ... }`).
+Equality is that of JSON values, so `true` never matches `1`.
 """
 
 from __future__ import annotations
@@ -32,13 +33,18 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
 
+def _index(part: str) -> int:
+    # Only ASCII digits: str.isdigit() also accepts "²", which int() then refuses.
+    return int(part) if part.isascii() and part.isdigit() else -1
+
+
 def lookup(payload: Any, path: str) -> Any:
     """The value at a dotted path (`data.file_id`, `tasks.0.id`), or _MISSING."""
     node = payload
     for part in path.split("."):
         if isinstance(node, Mapping):
             node = node.get(part, _MISSING)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and 0 <= _index(part) < len(node):
             node = node[int(part)]
         else:
             return _MISSING
@@ -56,16 +62,28 @@ def condition_holds(value: Any, condition: Any) -> bool:
     return _operator(value, "eq", condition)
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: `1 == 1.0`, but `true` is not `1` and `false` is not `0`
+    (Python's `==` says they are)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(json_equal, a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[key], b[key]) for key in a)
+    return bool(a == b)
+
+
 def _operator(value: Any, op: str, arg: Any) -> bool:
     if op == "exists":
         return (value is not _MISSING) == bool(arg)
     if value is _MISSING:
         return op == "ne"
     if op == "eq":
-        return bool(value == arg)
+        return json_equal(value, arg)
     if op == "ne":
-        return bool(value != arg)
-    return isinstance(arg, list) and value in arg
+        return not json_equal(value, arg)
+    return isinstance(arg, list) and any(json_equal(value, item) for item in arg)
 
 
 def route_matches(route: Route, source: str, event_type: str, payload: Any) -> bool:
