@@ -32,7 +32,8 @@ class Decision:
 
 def backoff(attempts: int, policy: RetryPolicy, rand: float) -> float:
     """Seconds to wait after the `attempts`-th failed attempt (1-based)."""
-    step = min(policy.backoff_max, policy.backoff_base * 2 ** (attempts - 1))
+    # A float exponent past 1023 would overflow; by then any sane step is long capped anyway.
+    step = min(policy.backoff_max, policy.backoff_base * 2.0 ** min(attempts - 1, 1023))
     return step / 2 + step / 2 * rand
 
 
