@@ -63,7 +63,8 @@ def _trim(text: str) -> str:
 
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
+    # Delay-seconds are ASCII digits; str.isdigit() also takes "²", which float() refuses.
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 def _text(value: Any) -> str | None:
