@@ -67,7 +67,7 @@ def lookup_path(payload: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         if isinstance(node, Mapping):
             node = node.get(part)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and part.isascii() and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
             return None
