@@ -75,11 +75,16 @@ def _number(params: Mapping[str, Any], name: str) -> float | None:
         raise BadRequest(f"{name} must be a unix timestamp in seconds") from None
 
 
+def _whole(raw: str) -> int | None:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
 def _limit(params: Any) -> int:
-    raw = params.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    limit = _whole(params.get("limit", str(DEFAULT_LIMIT)))
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return int(raw)
+    return limit
 
 
 def event_filter(params: Mapping[str, Any], searchable: bool = True) -> EventFilter:
@@ -131,11 +136,11 @@ async def get_stats(request: Request) -> Response:
     hour."""
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
-    raw = request.query_params.get("window", str(DEFAULT_WINDOW))
-    if not raw.isdigit() or not 60 <= int(raw) <= MAX_WINDOW:
+    window = _whole(request.query_params.get("window", str(DEFAULT_WINDOW)))
+    if window is None or not 60 <= window <= MAX_WINDOW:
         raise BadRequest(f"window must be a whole number of seconds from 60 to {MAX_WINDOW}")
     until = runtime.clock.now()
-    since = until - int(raw)
+    since = until - window
     rows = await runtime.store.stats(since, until, stats.minutes_from(until))
     return JSONResponse(stats.shape(rows, since, until, runtime.tally.pending()))
 
