@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -91,6 +92,7 @@ class SQLiteStore(Store):
         self._tx = asyncio.Lock()
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._file: tuple[int, int] | None = None
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -109,6 +111,13 @@ class SQLiteStore(Store):
         except _SQLITE_ERRORS as exc:
             await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._file = _identity(self.path)
+
+    def _check_file(self) -> None:
+        """Refuse to go on once the database file was removed or replaced: SQLite would keep
+        writing to the open, unlinked file, and everything written would vanish on restart."""
+        if self._file is not None and _identity(self.path) != self._file:
+            raise StoreError(f"SQLite database {self.path} was removed or replaced")
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -149,14 +158,21 @@ class SQLiteStore(Store):
         return applied
 
     async def ping(self) -> None:
+        self._check_file()
         try:
             await self.reader.execute_fetchall("SELECT 1 FROM schema_migrations LIMIT 1")
+            await self.writer.execute_fetchall("SELECT 1")
         except _SQLITE_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
     async def save_events(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
         async with self._tx:
-            return await self._save_events(self.writer, events)
+            self._check_file()
+            results = await self._save_events(self.writer, events)
+            # Checked again after the commit: rows that went to a file removed meanwhile are
+            # not stored, and must not be acknowledged.
+            self._check_file()
+            return results
 
     async def _save_events(
         self, conn: aiosqlite.Connection, events: Sequence[NewEvent]
@@ -362,6 +378,7 @@ class SQLiteStore(Store):
     async def _write(self, sql_steps: Any) -> Any:
         """Run `sql_steps(conn)` in one write transaction under the writer lock."""
         async with self._tx:
+            self._check_file()
             conn = self.writer
             try:
                 await conn.execute("BEGIN IMMEDIATE")
@@ -702,6 +719,15 @@ async def _refresh_event_status(conn: aiosqlite.Connection, delivery_ids: Sequen
     if delivery_ids:
         marks = ",".join("?" * len(delivery_ids))
         await conn.execute(_REFRESH_STATUS.format(marks=marks), list(delivery_ids))
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at `path`; None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
