@@ -17,6 +17,7 @@ class HooklineError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "internal error"
+    default_headers: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -27,7 +28,7 @@ class HooklineError(Exception):
     ) -> None:
         self.message = message or self.default_message
         self.details = details or []
-        self.headers = headers or {}
+        self.headers = {**self.default_headers, **(headers or {})}
         super().__init__(self.message)
 
 
@@ -63,8 +64,14 @@ class UnknownSource(HooklineError):
     status, code, default_message = 404, "unknown_source", "no such source"
 
 
+# After refusing a body the server wants none of the rest: closing the connection stops the
+# upload, where keep-alive would read and discard it for as long as the sender keeps sending.
+_CLOSE = {"Connection": "close"}
+
+
 class PayloadTooLarge(HooklineError):
     status, code, default_message = 413, "payload_too_large", "body is over this source's limit"
+    default_headers = _CLOSE
 
 
 class UnsupportedMediaType(HooklineError):
@@ -86,6 +93,7 @@ class StoreUnavailable(HooklineError):
 
 class RequestTimeout(HooklineError):
     status, code, default_message = 408, "request_timeout", "body was not received in time"
+    default_headers = _CLOSE
 
 
 def envelope(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
