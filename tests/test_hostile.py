@@ -10,6 +10,7 @@ assert "4xx or closed". The parser-level cases at the end call `_parse_json` dir
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import itertools
@@ -17,6 +18,7 @@ import json
 import re
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import STANDARD_SECRET, sample, standard_body, standard_headers
-from server import ServerProcess, running_server
+from server import ServerProcess, running_server, wait_until
 
 from app.errors import InvalidJson
 from app.ingest import _parse_json
@@ -252,6 +254,58 @@ def test_declared_length_over_the_limit_is_413_before_any_body(hookline: Hooklin
         assert closed_by_server(sock, timeout=2)
 
 
+def test_declared_length_over_the_limit_with_expect_continue_gets_no_continue(
+    hookline: Hookline,
+) -> None:
+    head = request_head("/webhooks/filecheck", "Expect: 100-continue", length=FILECHECK_LIMIT + 1)
+    with connect(hookline, head) as sock:
+        reply = read_reply(sock, timeout=2)
+        assert reply is not None and reply.status == 413  # not "100 Continue" first
+        assert reply.error_code() == "payload_too_large"
+
+
+def test_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_413(
+    hookline: Hookline,
+) -> None:
+    event = json.loads(sample("filecheck/filecheck.job.created.json"))
+    event["id"] = unique("job")
+    event["padding"] = ""
+    event["padding"] = "x" * (FILECHECK_LIMIT - len(json.dumps(event).encode()))
+    body = json.dumps(event).encode()
+    assert len(body) == FILECHECK_LIMIT
+    assert hookline.post("/webhooks/filecheck", body, filecheck_headers(body)).status_code == 202
+    over = body[:-1] + b' }'
+    response = hookline.post("/webhooks/filecheck", over, filecheck_headers(over))
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_chunked_body_streamed_over_the_limit_is_413(hookline: Hookline) -> None:
+    head = request_head("/webhooks/filecheck", "Transfer-Encoding: chunked",
+                        "x-filecheck-signature: sha256=" + "0" * 64)
+    chunk = b"%x\r\n%s\r\n" % (8192, b" " * 8192)
+    with connect(hookline, head) as sock:
+        # Paced, so the server has read everything sent when it answers: a close with unread
+        # data would be a reset, which can discard the answer before it is read.
+        for _ in range(2 * FILECHECK_LIMIT // 8192):
+            sock.sendall(chunk)
+            if select.select([sock], [], [], 0.05)[0]:
+                break
+        reply = read_reply(sock)
+    assert reply is not None and reply.status == 413
+    assert reply.error_code() == "payload_too_large"
+
+
+def test_content_length_shorter_than_the_body(hookline: Hookline) -> None:
+    body = json.dumps(alfred_event()).encode()
+    with connect(hookline, request_head(ALFRED, length=10) + body[:10]) as sock:
+        reply = read_reply(sock)
+        assert reply is not None and reply.status == 400  # the 10 bytes declared are cut JSON
+        assert reply.error_code() == "invalid_json"
+        # The rest of the body arrives as if it were the next request.
+        sock.sendall(body[10:] + b"\r\n\r\n")
+        assert_refused_by_http_layer(read_reply(sock))
+
+
 def test_content_length_longer_than_the_body_times_out_with_408(hookline: Hookline) -> None:
     body = json.dumps(alfred_event()).encode()
     started = time.monotonic()
@@ -261,6 +315,309 @@ def test_content_length_longer_than_the_body_times_out_with_408(hookline: Hookli
         assert reply.error_code() == "request_timeout"
         assert reply.headers["connection"] == "close"
     assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [("Content-Length: abc",), ("Content-Length: 5", "Content-Length: 6"),
+     ("Content-Length: 5", "Transfer-Encoding: chunked"), ("Content-Length: -5",)],
+    ids=["not-a-number", "two-lengths", "length-and-chunked", "negative"],
+)
+def test_ambiguous_body_framing_is_refused_by_the_http_layer(
+    hookline: Hookline, framing: tuple[str, ...]
+) -> None:
+    with connect(hookline, request_head(ALFRED, *framing) + b'{"a": 1}') as sock:
+        assert_refused_by_http_layer(read_reply(sock))
+
+
+def test_a_huge_string_within_the_limit_is_accepted_and_kept_exactly(hookline: Hookline) -> None:
+    event = alfred_event()
+    event["event"]["metadata"] = "\u00e9" * 400_000  # 800 KB of two-byte UTF-8, under 1 MiB
+    body = json.dumps(event, ensure_ascii=False).encode()
+    response = hookline.post(ALFRED, body, JSON)
+    assert response.status_code == 202, response.text
+    raw = hookline.http.get(f"/api/events/{response.json()['id']}/raw",
+                            headers={"authorization": f"Bearer {API_TOKEN}"})
+    assert raw.content == body
+
+
+# --- bodies that are not a JSON object ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [json.dumps(alfred_event()).encode()[:-7], b"\xff\xfe{\x00}\x00", b"", b"   ",
+     b'{"event_id": NaN}', b'{"event_id": Infinity}', b'{"a": 1} {"b": 2}', b"\xef\xbb\xbf"],
+    ids=["truncated", "not-utf8", "empty", "only-whitespace", "nan", "infinity",
+         "two-documents", "only-a-bom"],
+)
+def test_not_json_is_400(hookline: Hookline, body: bytes) -> None:
+    assert_error(hookline.post(ALFRED, body, JSON), 400, "invalid_json")
+
+
+def test_not_utf8_says_so(hookline: Hookline) -> None:
+    body = json.dumps(alfred_event()).encode().replace(b"alex_case", b"alex_\xe9")
+    error = assert_error(hookline.post(ALFRED, body, JSON), 400, "invalid_json")
+    assert "UTF-8" in error["message"]
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"text"', b"42", b"null", b"true"],
+                         ids=["array", "string", "number", "null", "bool"])
+def test_json_that_is_not_an_object_is_400(hookline: Hookline, body: bytes) -> None:
+    error = assert_error(hookline.post(ALFRED, body, JSON), 400, "invalid_json")
+    assert "object" in error["message"]
+
+
+def test_utf8_bom_is_accepted(hookline: Hookline) -> None:
+    body = b"\xef\xbb\xbf" + json.dumps(alfred_event()).encode()
+    response = hookline.post(ALFRED, body, JSON)
+    assert response.status_code == 202, response.text
+
+
+def test_ten_thousand_levels_of_nesting_is_400(hookline: Hookline) -> None:
+    body = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
+    assert_error(hookline.post(ALFRED, body, JSON), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"9" * 10_000],
+                         ids=["1e400", "-1e400", "ten-thousand-digits"])
+def test_a_number_python_cannot_hold_is_400(hookline: Hookline, number: bytes) -> None:
+    body = json.dumps(alfred_event()).encode().replace(b'"1653443100.00"', number)
+    assert number in body
+    assert_error(hookline.post(ALFRED, body, JSON), 400, "invalid_json")
+
+
+def test_a_repeated_key_is_400_duplicate_key(hookline: Hookline) -> None:
+    # One reader would see the first event id, another the second: refused, not guessed.
+    event = json.dumps(alfred_event()).encode()
+    body = b'{"event_id": "first",' + event[1:]
+    error = assert_error(hookline.post(ALFRED, body, JSON), 400, "invalid_json")
+    assert "duplicate key" in error["message"]
+
+
+@pytest.mark.parametrize("value", [b'"\\ud800"', b'"a\\u0000b"'], ids=["lone-surrogate", "nul"])
+def test_a_string_no_store_can_write_is_400_not_503(hookline: Hookline, value: bytes) -> None:
+    body = json.dumps(alfred_event()).encode().replace(b'"alex_case"', value)
+    assert value in body
+    error = assert_error(hookline.post(ALFRED, body, JSON), 400, "invalid_json")
+    assert "surrogate" in error["message"]
+
+
+# --- bodies that fail the schema ----------------------------------------------------------------
+
+WRONG_TYPES: dict[tuple[str, ...], Any] = {
+    ("event_id",): ["an", "array"],
+    ("event_type",): {"an": "object"},
+    ("event_time",): "yesterday",
+    ("event",): "job_retry_event",
+    ("event", "event_name"): {"an": "object"},
+    ("event", "event_type"): ["job_event_type"],
+    ("event", "job_id"): ["an", "array"],
+    ("event", "user_name"): {"an": "object"},
+    ("event", "merge"): "perhaps",
+    ("event", "metadata"): True,
+    ("event", "file_count"): "many",
+    ("event", "retries"): "two",
+    ("event", "exceeded_retries"): [False],
+    ("event", "error_messages"): "one message, not a list",
+    ("event", "company_id"): ["an", "array"],
+    ("event", "company_name"): {"an": "object"},
+    ("event", "file_urls"): "https://example.com/files/data1.xlsx",
+    ("event", "creation_date"): "not a date",
+}
+
+
+def test_the_wrong_type_table_covers_every_field_of_the_sample() -> None:
+    event = json.loads(sample("alfred/alfred.job.retry.json"))
+    fields = {(name,) for name in event} | {("event", name) for name in event["event"]}
+    assert set(WRONG_TYPES) == fields
+
+
+@pytest.mark.parametrize("loc", list(WRONG_TYPES), ids=".".join)
+def test_a_wrong_type_in_any_field_is_422_naming_it(
+    hookline: Hookline, loc: tuple[str, ...]
+) -> None:
+    event = alfred_event()
+    parent = event if len(loc) == 1 else event["event"]
+    parent[loc[-1]] = copy.deepcopy(WRONG_TYPES[loc])
+    error = assert_error(hookline.post(ALFRED, json.dumps(event).encode(), JSON),
+                         422, "schema_invalid")
+    assert any(tuple(d["loc"][:len(loc)]) == loc and d["msg"] for d in error["details"]), error
+
+
+@pytest.mark.parametrize("name", ["event_id", "event_type", "event_time", "event"])
+def test_a_missing_envelope_field_is_422_naming_it(hookline: Hookline, name: str) -> None:
+    event = alfred_event()
+    del event[name]
+    error = assert_error(hookline.post(ALFRED, json.dumps(event).encode(), JSON),
+                         422, "schema_invalid")
+    assert [name] in [d["loc"] for d in error["details"]], error
+
+
+def test_a_handshake_with_a_non_string_challenge_is_422(hookline: Hookline) -> None:
+    body = json.dumps({"type": "url_verification", "challenge": {"a": 1}}).encode()
+    error = assert_error(hookline.post(ALFRED, body, JSON), 422, "schema_invalid")
+    assert ["challenge"] in [d["loc"] for d in error["details"]]
+
+
+def test_a_handshake_is_answered_and_stores_nothing(hookline: Hookline) -> None:
+    body = json.dumps({"type": "url_verification", "challenge": "c-123"}).encode()
+    response = hookline.post(ALFRED, body, JSON)
+    assert (response.status_code, response.json()) == (200, {"challenge": "c-123"})
+    # The module's final check proves nothing was stored for it.
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+
+def test_a_replayed_standard_webhook_is_200_duplicate_never_a_second_event(
+    hookline: Hookline,
+) -> None:
+    body = standard_body()
+    headers = standard_headers(body, time.time(), unique("replayed"))
+    first = hookline.post("/webhooks/partner", body, headers)
+    assert first.status_code == 202
+    again = hookline.post("/webhooks/partner", body, headers)
+    assert (again.status_code, again.json()) == (200, {"id": first.json()["id"], "duplicate": True})
+
+    other = standard_body(data={"platform": "dcycle", "file_id": "forged"})
+    assert_error(hookline.post("/webhooks/partner", other, headers), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "stamp", ["stale", "future", "huge", "negative", "not-a-number", "empty", "fraction"]
+)
+def test_a_bad_standard_timestamp_is_401(hookline: Hookline, stamp: str) -> None:
+    body = standard_body()
+    now = time.time()
+    if stamp in ("stale", "future"):
+        headers = standard_headers(body, now - 301 if stamp == "stale" else now + 301,
+                                   unique("stamp"))
+    else:
+        headers = standard_headers(body, now, unique("stamp"))
+        headers["webhook-timestamp"] = {"huge": "9" * 40, "negative": "-1", "empty": "",
+                                        "not-a-number": "soon", "fraction": f"{now:.3f}"}[stamp]
+    error = assert_error(hookline.post("/webhooks/partner", body, headers), 401, "unauthorized")
+    assert error["message"] == "unauthorized"  # no hint which part failed
+
+
+def test_a_signature_for_another_body_is_401(hookline: Hookline) -> None:
+    body = standard_body()
+    headers = standard_headers(standard_body("other.type"), time.time(), unique("other"))
+    assert_error(hookline.post("/webhooks/partner", body, headers), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [b"v1,not-base64!", b"v1,", b"v2," + b"A" * 44, b"v1,\xff\xfe\xfd", b"v1," + b"QUFB" * 4000],
+    ids=["not-base64", "empty", "unknown-version", "latin-1-bytes", "16-kb"],
+)
+def test_a_malformed_standard_signature_is_401(hookline: Hookline, signature: bytes) -> None:
+    body = standard_body()
+    headers: dict[str, Any] = standard_headers(body, time.time(), unique("sig"))
+    headers["webhook-signature"] = signature
+    assert_error(hookline.post("/webhooks/partner", body, headers), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "signature", [b"sha256=" + b"0" * 64, b"sha256=", b"sha256=zz", b"\xff" * 64],
+    ids=["wrong", "empty", "not-hex", "latin-1-bytes"],
+)
+def test_a_bad_hmac_signature_is_401(hookline: Hookline, signature: bytes) -> None:
+    body = sample("filecheck/filecheck.job.created.json")
+    headers = {**JSON, "x-filecheck-signature": signature}
+    assert_error(hookline.post("/webhooks/filecheck", body, headers), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?token=", "?token=alfred-tokex", "?TOKEN=alfred-token", "?token=alfred-token%00"],
+    ids=["missing", "empty", "wrong", "wrong-case-name", "nul-suffix"],
+)
+def test_a_bad_query_token_is_401(hookline: Hookline, query: str) -> None:
+    body = json.dumps(alfred_event()).encode()
+    assert_error(hookline.post("/webhooks/alfred" + query, body, JSON), 401, "unauthorized")
+
+
+# --- paths, methods, content types --------------------------------------------------------------
+
+
+def test_unknown_source_is_404(hookline: Hookline) -> None:
+    assert_error(hookline.post("/webhooks/nope", b"{}", JSON), 404, "unknown_source")
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("/webhooks/..%2f..%2fapi%2fevents", "not_found"),  # decoded to slashes: no route matches
+     ("/webhooks/%2e%2e", "unknown_source"),  # a source named ".."
+     ("/webhooks/%2e%2e%2fapi%2fevents", "not_found")],
+)
+def test_path_traversal_in_the_source_is_404(hookline: Hookline, path: str, code: str) -> None:
+    assert_error(hookline.post(path, b"{}", JSON), 404, code)
+
+
+def test_dot_segments_on_the_wire_are_not_resolved(hookline: Hookline) -> None:
+    # httpx would resolve "..": send the request line as is.
+    with connect(hookline, request_head("/webhooks/../api/events", "Connection: close", length=2)
+                 + b"{}") as sock:
+        reply = read_reply(sock)
+    assert reply is not None and reply.status == 404
+    assert reply.error_code() == "not_found"
+
+
+def test_crlf_in_the_source_is_not_reflected_into_headers(hookline: Hookline) -> None:
+    response = hookline.post("/webhooks/x%0d%0aSet-Cookie:%20stolen=1", b"{}", JSON)
+    assert_error(response, 404, "unknown_source")
+    assert "set-cookie" not in response.headers
+    assert "stolen" not in response.text
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_a_wrong_method_is_405(hookline: Hookline, method: str) -> None:
+    response = hookline.http.request(method, ALFRED, content=b"{}", headers=JSON)
+    assert_error(response, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+     "application/jsonx", "json", "application/json\xff"],
+)
+def test_a_wrong_content_type_is_415(hookline: Hookline, content_type: str | None) -> None:
+    body = json.dumps(alfred_event()).encode()
+    headers = {} if content_type is None else {"content-type": content_type.encode("latin-1")}
+    assert_error(hookline.post(ALFRED, body, headers), 415, "unsupported_media_type")
+
+
+# --- malformed HTTP, sent over a raw socket -----------------------------------------------------
+
+
+def test_a_well_formed_raw_request_is_accepted(hookline: Hookline) -> None:
+    # The control for the raw-socket cases: what they change is all that is wrong with them.
+    body = json.dumps(alfred_event()).encode()
+    head = request_head(ALFRED, length=len(body))[:-2] + b"X-Note: one two\r\n\r\n"
+    with connect(hookline, head + body) as sock:
+        reply = read_reply(sock)
+    assert reply is not None and reply.status == 202
+    hookline.acknowledged.append(json.loads(reply.body)["id"])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"X-Note: one\nInjected: two", b"X-Note: one\rInjected: two", b"X-Note: one\x00two",
+     b"X-Note: one\r\n folded: two", b"Bad Name: one", b"X-Note one"],
+    ids=["bare-lf", "bare-cr", "nul", "obs-fold", "space-in-name", "no-colon"],
+)
+def test_header_injection_is_refused_by_the_http_layer(hookline: Hookline, header: bytes) -> None:
+    body = json.dumps(alfred_event()).encode()
+    head = request_head(ALFRED, length=len(body))[:-2] + header + b"\r\n\r\n"
+    with connect(hookline, head + body) as sock:
+        assert_refused_by_http_layer(read_reply(sock))
+
+
+def test_a_garbage_request_line_is_refused_by_the_http_layer(hookline: Hookline) -> None:
+    with connect(hookline, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n") as sock:
+        assert_refused_by_http_layer(read_reply(sock))
 
 
 # --- slow and vanishing clients -----------------------------------------------------------------
@@ -280,6 +637,35 @@ def test_a_slow_loris_body_is_cut_off_and_its_connection_closed(hookline: Hookli
         assert time.monotonic() - started < 3  # body_timeout_seconds is 1
         # Trickling on must not keep the connection open.
         assert closed_by_server(sock, timeout=2, keep_sending=True)
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_a_connection_dropped_mid_body_leaves_the_server_up(hookline: Hookline, how: str) -> None:
+    def timeouts() -> int:
+        return sum("status=408" in line for line in list(hookline.server.lines))
+
+    before = timeouts()
+    body = json.dumps(alfred_event()).encode()
+    sock = connect(hookline, request_head(ALFRED, length=len(body)) + body[: len(body) // 2])
+    if how == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    # The app saw the client go away (and answered into the void) before the good event is sent.
+    wait_until(lambda: timeouts() > before, timeout=5)
+
+
+def test_many_connections_stuck_in_their_headers_do_not_block_good_events(
+    hookline: Hookline,
+) -> None:
+    stuck = [connect(hookline, b"POST /webhooks/alfred HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+             for _ in range(50)]
+    try:
+        started = time.monotonic()
+        hookline.post_good()
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in stuck:
+            sock.close()
 
 
 # --- the parser itself --------------------------------------------------------------------------
