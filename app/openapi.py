@@ -46,12 +46,15 @@ _REPLAY_BODY = {"type": "object", "properties": _REPLAY_FIELDS, "additionalPrope
 
 
 def _answer(schema: dict[str, Any] | None, *errors: int, media: str = "application/json",
-            status: str = "200") -> dict[str, Any]:
+            status: str = "200", dry_run: bool = False) -> dict[str, Any]:
     responses: dict[str, Any] = {
         status: {"description": "ok", "content": {media: {"schema": schema or {}}}},
         "401": {"description": "no valid bearer token", "content": {
             "application/json": {"schema": _ERROR}}},
     }
+    if dry_run:
+        responses["200"] = {"description": "dry run: the plan, nothing replayed",
+                            "content": {media: {"schema": schema or {}}}}
     for code in errors:
         responses[str(code)] = {"description": "error", "content": {
             "application/json": {"schema": _ERROR}}}
@@ -87,14 +90,15 @@ def _paths() -> dict[str, Any]:
             "One event with its payload, headers, deliveries and attempts",
             [_path("event_id")], _answer(_ref(EventRecord), 404))},
         "/api/events/{event_id}/raw": {"get": _operation(
-            "The exact bytes received", [_path("event_id")],
-            _answer({"type": "string"}, 404, media="application/octet-stream"))},
+            "The exact bytes received, with the (JSON) content type they came with",
+            [_path("event_id")], _answer({}, 404, media="application/*"))},
         "/api/events/{event_id}/replay": {"post": _operation(
             "Fresh deliveries for one event (admin)", [_path("event_id")],
-            _answer({"type": "object"}, 400, 403, 404, status="202"), _REPLAY_BODY)},
+            _answer({"type": "object"}, 400, 403, 404, status="202", dry_run=True),
+            _REPLAY_BODY)},
         "/api/replay": {"post": _operation(
             "Fresh deliveries for every event a filter selects (admin)", [],
-            _answer({"type": "object"}, 400, 403, status="202"), {
+            _answer({"type": "object"}, 400, 403, status="202", dry_run=True), {
                 **_REPLAY_BODY, "properties": {
                     **_REPLAY_FIELDS, "source": _STRING, "type": _STRING,
                     "status": _STRING, "since": _TIME, "until": _TIME}})},
