@@ -39,15 +39,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+# Messages and fields carry callers' text (a URL path, a payload's type): control characters
+# are escaped, so no caller can forge a line or hide one.
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
+def printable(value: object) -> str:
+    return str(value).translate(_CONTROL)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
-        text = super().format(record)
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.msg, safe.args = printable(record.getMessage()), None
+        text = super().format(safe)
         if fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            text += " " + " ".join(
+                f"{k}={printable(v)}" for k, v in fields.items() if v is not None
+            )
         return text
 
 

@@ -27,7 +27,8 @@ class StandardEnvelope(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: StrictStr = Field(min_length=1)
+    # The type names the event in logs, metrics and route globs: printable, and of a sane length.
+    type: StrictStr = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     timestamp: datetime
     data: dict[str, Any]
 
