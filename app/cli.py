@@ -101,9 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from handlers.registry import HandlerLoadError, load_handlers
+
     try:
-        load_settings(args.file)
-    except ConfigError as exc:
+        # Handlers too: their options are checked when the server starts, so here as well.
+        load_handlers(load_settings(args.file).handlers)
+    except (ConfigError, HandlerLoadError) as exc:
         for problem in exc.problems:
             print(problem)
         return 1
