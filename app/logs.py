@@ -86,6 +86,10 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root.handlers[:] = [_QueueHandler(records)]
     root.setLevel(level)
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every outbound request's full URL at INFO, and some URLs are credentials
+    # (a Slack incoming-webhook path, a token in a query string).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _Listener(logging.handlers.QueueListener):
