@@ -15,7 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -203,7 +203,16 @@ def redact_url(url: str) -> str:
     return f"{base}?{redact_query(query)}{hash_sign}{fragment}"
 
 
-def strip_secret_headers(headers: Mapping[str, str], auth: AuthSettings) -> dict[str, str]:
-    """The headers worth keeping with an event: never signatures, tokens or cookies."""
-    drop = SECRET_HEADERS | ({auth.header.lower()} if auth.header else set())
+def credential_headers(auths: Iterable[AuthSettings]) -> frozenset[str]:
+    """The usual credential headers and the one each of these sources authenticates with."""
+    return SECRET_HEADERS | {auth.header.lower() for auth in auths if auth.header}
+
+
+def strip_secret_headers(
+    headers: Mapping[str, str], auth: AuthSettings, secret: frozenset[str] = SECRET_HEADERS
+) -> dict[str, str]:
+    """The headers worth keeping with an event: never signatures, tokens or cookies. `secret`
+    may name more, such as every source's token header: a sender that presents another
+    source's token by mistake must not have it stored."""
+    drop = secret | ({auth.header.lower()} if auth.header else set())
     return {name: value for name, value in headers.items() if name.lower() not in drop}

@@ -12,6 +12,7 @@ from typing import Literal
 
 import httpx
 
+from app.auth import credential_headers
 from app.clock import Clock
 from app.config import Settings
 from app.errors import ConfigError
@@ -58,6 +59,7 @@ class Runtime:
     metrics: Metrics = field(init=False, default_factory=Metrics)
     tally: Tally = field(init=False, default_factory=Tally)
     changes: Changes = field(init=False, default_factory=Changes)
+    secret_headers: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         server = self.settings.server
@@ -68,6 +70,7 @@ class Runtime:
             {name: source.rate_limit for name, source in self.settings.sources.items()}
         )
         self.routes = compile_routes(self.settings.routes)
+        self.secret_headers = credential_headers(s.auth for s in self.settings.sources.values())
         try:
             self.handlers = load_handlers(self.settings.handlers)
         except HandlerLoadError as exc:
