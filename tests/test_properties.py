@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import STANDARD_SECRET, FakeClock, standard_headers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +27,7 @@ from app.ids import new_id
 from app.retry import Decision, RetryPolicy, decide
 from app.routing import Route, condition_holds, handlers_for, lookup, route_matches
 from app.worker import classify
+from conftest import STANDARD_SECRET, FakeClock, standard_headers
 from handlers import Retry
 from handlers.forward import raise_for_outcome
 from handlers.upstream import lookup_path
@@ -404,7 +404,7 @@ routes_strategy = st.lists(
 )
 
 
-@FAST
+@settings(FAST, max_examples=100)
 @given(routes=routes_strategy, source=st.sampled_from(["partner", "alfred", "open"]),
        event_type=st.text(GLOB_CHARS, max_size=6), payload=small_values)
 def test_handlers_for_matches_the_reference(
