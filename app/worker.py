@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import socket
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,12 @@ class Worker:
         self._limits = {
             name: asyncio.Semaphore(h.settings.concurrency) for name, h in handlers.items()
         }
+        # A handler holds at most its fair share of the worker's slots (or its own concurrency
+        # if that is more): deliveries waiting for a slow or hanging handler's turn cannot
+        # occupy the slots the other handlers' deliveries need.
+        share = self.settings.concurrency // max(1, len(handlers))
+        self._caps = {name: max(h.settings.concurrency, share) for name, h in handlers.items()}
+        self._held: Counter[str] = Counter()
         longest = max((h.settings.timeout_seconds for h in handlers.values()), default=30.0)
         self.lease_seconds = longest + self.settings.lease_margin_seconds
         self._claim_low_water = max(1, min(self.settings.claim_batch,
@@ -168,21 +175,27 @@ class Worker:
             await self._outcomes.stop()
         return len(claims)
 
-    async def _claim(self, limit: int) -> list[Claim]:
-        return await self.store.claim_due(self.owner, self.clock.now(), self.lease_seconds, limit)
+    async def _claim(self, limit: int, per_handler: Mapping[str, int] | None = None
+                     ) -> list[Claim]:
+        return await self.store.claim_due(
+            self.owner, self.clock.now(), self.lease_seconds, limit, per_handler)
 
     async def _loop(self) -> None:
         failures = 0
         while not self._stopping:
             self._wake.clear()
             room = min(self.settings.concurrency - len(self._inflight), self.settings.claim_batch)
+            free = {name: cap - self._held[name] for name, cap in self._caps.items()
+                    if self._held[name] < cap}
             # Claim in chunks: a claim is a transaction, so claiming each freed slot on its own
             # would make dispatch as slow as the store's commits. A finishing delivery wakes us.
-            if room <= 0 or (self._inflight and room < self._claim_low_water):
+            if room <= 0 or not free or (self._inflight and room < self._claim_low_water):
                 await self._idle(self.settings.idle_poll_seconds)
                 continue
+            limit = min(room, sum(free.values()))
+            claimed_at = self.clock.now()
             try:
-                claims = await self._claim(room)
+                claims = await self._claim(limit, free)
                 failures = 0
             except StoreError as exc:
                 failures += 1
@@ -191,16 +204,19 @@ class Worker:
                 continue
             for claim in claims:
                 self._spawn(claim)
-            if claims and len(claims) == room:
+            if claims and len(claims) == limit:
                 continue  # there may be more due
-            await self._idle(await self._until_next_due())
+            await self._idle(await self._until_next_due(claimed_at))
 
-    async def _until_next_due(self) -> float:
+    async def _until_next_due(self, claimed_at: float) -> float:
+        """Seconds until something may be claimable, after a claim at `claimed_at` took all it
+        could: what was due then and was left belongs to handlers at their cap (or to none
+        configured here), and waits for one of their deliveries to finish, which wakes us."""
         try:
             due = await self.store.next_due_at()
         except StoreError:
             return self.settings.idle_poll_seconds
-        if due is None:
+        if due is None or due <= claimed_at:
             return self.settings.idle_poll_seconds
         return max(0.0, min(self.settings.idle_poll_seconds, due - self.clock.now()))
 
@@ -213,11 +229,14 @@ class Worker:
     def _spawn(self, claim: Claim) -> asyncio.Task[None]:
         task = asyncio.create_task(self._run(claim), name=f"delivery-{claim.delivery_id}")
         self._inflight[task] = claim
+        self._held[claim.handler] += 1
         task.add_done_callback(self._done)
         return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
+        claim = self._inflight.pop(task, None)
+        if claim is not None:
+            self._held[claim.handler] -= 1
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
         self._wake.set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -226,10 +226,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_due(
-        self, owner: str, now: float, lease_seconds: float, limit: int
+        self, owner: str, now: float, lease_seconds: float, limit: int,
+        per_handler: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Lease up to `limit` deliveries that are due (or whose lease expired) to `owner`,
-        counting an attempt for each; oldest due first."""
+        counting an attempt for each; oldest due first. With `per_handler`, only deliveries
+        of the handlers it names, no more than its number of each handler's due deliveries
+        (and as many of its expired leases)."""
 
     @abc.abstractmethod
     async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:

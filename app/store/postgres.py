@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal
 
@@ -81,14 +81,32 @@ SELECT id FROM inserted
 # A claim in one statement (one round trip): due deliveries first, then expired leases, each
 # locked with SKIP LOCKED so workers never wait for each other; the expired ones' running
 # attempts are marked lost and every claimed delivery gets its new attempt.
-_CLAIM = f"""
+_DUE_ANY = """
 WITH pending AS (
     SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1
     ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), expired AS (
     SELECT id FROM deliveries WHERE status = 'running' AND lease_expires_at <= $1
     ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
-), due AS (
+)"""
+# The same for each handler on its own ($5 names, $6 limits): a handler whose due deliveries
+# come first cannot take every slot of a worker that asked for others too.
+_DUE_PER_HANDLER = """
+WITH wanted AS (
+    SELECT * FROM unnest($5::text[], $6::int[]) AS w(handler, n)
+), pending AS (
+    SELECT p.id FROM wanted CROSS JOIN LATERAL (
+        SELECT id FROM deliveries WHERE status = 'pending' AND handler = wanted.handler
+        AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT wanted.n
+        FOR UPDATE SKIP LOCKED) p
+), expired AS (
+    SELECT e.id FROM wanted CROSS JOIN LATERAL (
+        SELECT id FROM deliveries WHERE status = 'running' AND handler = wanted.handler
+        AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT wanted.n
+        FOR UPDATE SKIP LOCKED) e
+)"""
+_CLAIM_REST = f"""
+, due AS (
     SELECT id FROM (SELECT id, 0 AS rank FROM pending
                     UNION ALL SELECT id, 1 FROM expired) picked
     ORDER BY rank LIMIT $2
@@ -109,6 +127,8 @@ SELECT c.id AS delivery_id, c.handler, c.attempts,
        e.headers, e.query, e.payload, e.body
 FROM claimed c JOIN events e ON e.id = c.event_id
 """
+_CLAIM_ANY = _DUE_ANY + _CLAIM_REST
+_CLAIM_PER_HANDLER = _DUE_PER_HANDLER + _CLAIM_REST
 
 # A whole batch of outcomes in one statement: the attempts and the deliveries whose lease the
 # finishing worker still holds.
@@ -420,10 +440,19 @@ class PostgresStore(Store):
     # Dispatch.
 
     async def claim_due(
-        self, owner: str, now: float, lease_seconds: float, limit: int
+        self, owner: str, now: float, lease_seconds: float, limit: int,
+        per_handler: Mapping[str, int] | None = None,
     ) -> list[Claim]:
+        args: list[Any] = [now, limit, owner, now + lease_seconds]
+        sql = _CLAIM_ANY
+        if per_handler is not None:
+            wanted = {handler: n for handler, n in per_handler.items() if n > 0}
+            if not wanted:
+                return []
+            sql = _CLAIM_PER_HANDLER
+            args += [list(wanted), list(wanted.values())]
         async with self._conn() as conn:
-            rows = await conn.fetch(_CLAIM, now, limit, owner, now + lease_seconds)
+            rows = await conn.fetch(sql, *args)
         return [Claim(r["delivery_id"], r["handler"], r["attempts"], _event_record(r, detail=True))
                 for r in rows]
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal
 
@@ -390,10 +390,15 @@ class SQLiteStore(Store):
                 raise StoreError(str(exc)) from exc
 
     async def claim_due(
-        self, owner: str, now: float, lease_seconds: float, limit: int
+        self, owner: str, now: float, lease_seconds: float, limit: int,
+        per_handler: Mapping[str, int] | None = None,
     ) -> list[Claim]:
+        if per_handler is not None and not any(n > 0 for n in per_handler.values()):
+            return []
+        sql, params = _due(now, limit, per_handler)
+
         async def steps(conn: aiosqlite.Connection) -> list[Claim]:
-            rows = await conn.execute_fetchall(_DUE, (now, limit, now, limit, limit))
+            rows = await conn.execute_fetchall(sql, params)
             ids = [row[0] for row in rows]
             if not ids:
                 return []
@@ -699,6 +704,33 @@ SELECT id FROM (
     WHERE status = 'running' AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?
 ) LIMIT ?
 """
+
+# The same for each handler on its own, each with its own limit: a handler whose due
+# deliveries come first cannot take every slot of a worker that asked for others too.
+_DUE_OF_HANDLER = """
+SELECT id, due FROM (
+    SELECT id, next_attempt_at AS due FROM deliveries
+    WHERE status = 'pending' AND handler = ? AND next_attempt_at <= ? ORDER BY next_attempt_at
+    LIMIT ?
+) UNION ALL SELECT id, due FROM (
+    SELECT id, lease_expires_at AS due FROM deliveries
+    WHERE status = 'running' AND handler = ? AND lease_expires_at <= ? ORDER BY lease_expires_at
+    LIMIT ?
+)
+"""
+
+
+def _due(
+    now: float, limit: int, per_handler: Mapping[str, int] | None
+) -> tuple[str, list[Any]]:
+    """The statement (and its parameters) picking the ids of the deliveries to claim."""
+    if per_handler is None:
+        return _DUE, [now, limit, now, limit, limit]
+    wanted = [(handler, n) for handler, n in per_handler.items() if n > 0]
+    union = " UNION ALL ".join(f"SELECT * FROM ({_DUE_OF_HANDLER})" for _ in wanted)
+    params: list[Any] = [v for h, n in wanted for v in (h, now, n, h, now, n)]
+    return f"SELECT id FROM ({union}) ORDER BY due LIMIT ?", [*params, limit]
+
 
 _EVENT_COLUMNS_E = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
 
