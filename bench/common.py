@@ -7,6 +7,7 @@ Every benchmark measures hookline and a baseline in the same run on the same mac
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,7 @@ class WrkResult:
     p99_ms: float
     non_2xx: int
     requests: int
+    output: str = ""
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -90,10 +92,14 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int = 2) -> WrkResult:
+def run_wrk(
+    url: str, script: Path, seconds: int, connections: int, threads: int = 2,
+    timeout_seconds: int | None = None,
+) -> WrkResult:
+    socket_timeout = [f"--timeout={timeout_seconds}s"] if timeout_seconds else []
     out = subprocess.run(
         [ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-s", str(script), url],
+         *socket_timeout, "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -101,7 +107,7 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, total)
+    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, total, out)
 
 
 def scratch() -> Path:
@@ -112,7 +118,52 @@ def python() -> str:
     return sys.executable
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
+def print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def load_average() -> tuple[float, float, float]:
+    one, five, fifteen = os.getloadavg()
+    return one, five, fifteen
+
+
+def busy_processes() -> list[str]:
+    """Test runs and other benchmarks on this machine: they make figures meaningless."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], check=False, capture_output=True,
+                         text=True).stdout
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if int(pid) not in mine and re.search(r"\b(pytest|py\.test|wrk)\b", args):
+            found.append(line.strip()[:120])
+    return found
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    return {
+        "cores (nproc)": str(len(os.sched_getaffinity(0))),
+        "cpu": model,
+        "memory": memory,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
