@@ -13,9 +13,9 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -74,6 +74,7 @@ _EVENT_COLUMNS = (
     "company_id, task_ids"
 )
 _SQLITE_ERRORS = (sqlite3.Error, OverflowError, ValueError)
+T = TypeVar("T")
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -166,6 +167,9 @@ class SQLiteStore(Store):
             raise StoreError(str(exc)) from exc
 
     async def save_events(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
+        return await _to_the_end(self._save_batch(events))
+
+    async def _save_batch(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
         async with self._tx:
             self._check_file()
             results = await self._save_events(self.writer, events)
@@ -377,6 +381,9 @@ class SQLiteStore(Store):
 
     async def _write(self, sql_steps: Any) -> Any:
         """Run `sql_steps(conn)` in one write transaction under the writer lock."""
+        return await _to_the_end(self._transaction(sql_steps))
+
+    async def _transaction(self, sql_steps: Any) -> Any:
         async with self._tx:
             self._check_file()
             conn = self.writer
@@ -751,6 +758,18 @@ async def _refresh_event_status(conn: aiosqlite.Connection, delivery_ids: Sequen
     if delivery_ids:
         marks = ",".join("?" * len(delivery_ids))
         await conn.execute(_REFRESH_STATUS.format(marks=marks), list(delivery_ids))
+
+
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run a write to its end even if the caller is cancelled meanwhile (the caller still is).
+
+    Handlers write to the store (budgets, marks, polls) and a handler's timeout can strike in
+    the middle: a transaction abandoned half-way would stay open on the one writer connection,
+    failing every later write and taking ingest's rows in uncommitted, acknowledged or not."""
+    task = asyncio.ensure_future(work)
+    # A cancelled caller never reads the outcome; read it here so nothing is reported unread.
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.shield(task)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
