@@ -87,6 +87,12 @@ def classify(exc: BaseException) -> AttemptResult:
     return AttemptResult("transient", _trim(f"{type(exc).__name__}: {exc}"))
 
 
+def _being_cancelled() -> bool:
+    """Whether someone asked for the current task to be cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Worker:
     """Runs deliveries for the handlers it was given."""
 
@@ -310,7 +316,7 @@ class Worker:
             except Permanent as exc:
                 await self._close_poll(claim, None, f"abandoned: {exc.reason}")
                 return
-            except Exception as exc:  # a failed poll is tried again at the next interval
+            except (Exception, SystemExit) as exc:  # a failed poll is tried again later
                 log.warning("poll %s of %s failed: %s", claim.id, claim.key, classify(exc).error)
         if result is None:
             step = min(POLL_BACKOFF_MAX, POLL_BACKOFF_BASE * 2 ** (claim.attempts - 1))
@@ -370,6 +376,12 @@ class Worker:
             if scope.expired():
                 return AttemptResult("timeout", f"handler did not finish within {timeout:g} s")
             return classify(TimeoutError("timed out"))
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise  # the worker is stopping
+            # The handler's own (it awaited something that was cancelled): uncaught, it would
+            # end this task with no outcome and leave the delivery running until its lease ends.
+            return classify(exc)
+        except (Exception, SystemExit) as exc:  # a plugin's SystemExit would end the event loop
             return classify(exc)
         return AttemptResult("succeeded")
