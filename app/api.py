@@ -14,7 +14,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import replay, stats, stream, tracking
+from app import replay, stream, tracking
 from app.config import ApiToken
 from app.errors import (
     BadRequest,
@@ -139,10 +139,7 @@ async def get_stats(request: Request) -> Response:
     window = _whole(request.query_params.get("window", str(DEFAULT_WINDOW)))
     if window is None or not 60 <= window <= MAX_WINDOW:
         raise BadRequest(f"window must be a whole number of seconds from 60 to {MAX_WINDOW}")
-    until = runtime.clock.now()
-    since = until - window
-    rows = await runtime.store.stats(since, until, stats.minutes_from(until))
-    return JSONResponse(stats.shape(rows, since, until, runtime.tally.pending()))
+    return JSONResponse(await runtime.stats.get(window))
 
 
 async def live_tail(request: Request) -> Response:

@@ -22,6 +22,7 @@ from app.ratelimit import RateLimiter
 from app.routing import Route, compile_routes
 from app.store import Store
 from app.store.base import Finished
+from app.stats_cache import StatsCache
 from app.stream import Changes
 from app.tally import Tally
 from app.upstream import Recorder
@@ -59,6 +60,7 @@ class Runtime:
     metrics: Metrics = field(init=False, default_factory=Metrics)
     tally: Tally = field(init=False, default_factory=Tally)
     changes: Changes = field(init=False, default_factory=Changes)
+    stats: StatsCache = field(init=False)
     secret_headers: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +87,7 @@ class Runtime:
                 sweep_seconds=configured.sweep_seconds,
             )
         self.recorder = Recorder(self.intake.submit, self.routes, self.clock)
+        self.stats = StatsCache(self.store, self.clock, self.tally)
         self.intake.on_stored(lambda event: self.changes.notify())
         if self.role in ("all", "worker"):
             self.worker = Worker(

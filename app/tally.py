@@ -21,9 +21,12 @@ UNKNOWN_SOURCE = "(unknown)"
 class Tally:
     def __init__(self) -> None:
         self._counts: Counter[tuple[int, str, str, str]] = Counter()
+        self.version = 0
+        """Grows with every count: tells a cached answer whether anything was counted since."""
 
     def count(self, now: float, source: str, outcome: str, reason: str = "") -> None:
         self._counts[(int(now // 60), source, outcome, reason)] += 1
+        self.version += 1
 
     def pending(self) -> list[IngestCount]:
         return [IngestCount(*key, count) for key, count in self._counts.items()]

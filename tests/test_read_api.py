@@ -419,3 +419,35 @@ async def test_openapi_describes_every_api_route(app: Starlette, client: httpx.A
     assert refs > 0
     for name in ("EventPage", "EventRecord", "DeliveryPage", "DeliveryRecord", "Error"):
         assert name in spec["components"]["schemas"]
+
+
+async def test_stats_are_computed_once_for_concurrent_callers_and_never_stale(
+    client: httpx.AsyncClient, clock: FakeClock, runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    computed = 0
+    original = runtime.store.stats
+
+    async def counting(*args: Any) -> Any:
+        nonlocal computed
+        computed += 1
+        return await original(*args)
+
+    monkeypatch.setattr(runtime.store, "stats", counting)
+    await post(client, clock, "a")
+    answers = await asyncio.gather(*(client.get("/api/stats", headers=AUTH) for _ in range(8)))
+    assert computed == 1
+    assert {a.json()["events"]["total"] for a in answers} == {1}
+    await client.get("/api/stats", headers=AUTH)
+    assert computed == 1  # nothing changed and it is fresh
+    await client.get("/api/stats", params={"window": 600}, headers=AUTH)
+    assert computed == 2  # another window is another answer
+
+    await post(client, clock, "b", "file.uploaded")  # a stored event: recomputed at once
+    assert (await client.get("/api/stats", headers=AUTH)).json()["events"]["total"] == 2
+    await post(client, clock, "b", "file.uploaded")  # a duplicate is counted, not stored
+    assert (await client.get("/api/stats", headers=AUTH)).json()["ingest"]["duplicate"] == 1
+    assert computed == 4
+    clock.advance(1)  # stale by time alone: the window moved
+    await client.get("/api/stats", headers=AUTH)
+    assert computed == 5

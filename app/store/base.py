@@ -214,8 +214,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, since: float, until: float, minutes_from: int) -> StatsRows:
-        """Aggregates over events received and attempts ended in [since, until); the
-        per-minute figures start at minute `minutes_from` (unix seconds // 60)."""
+        """Aggregates over events received and attempts ended in [since, until], the end
+        included; the per-minute figures start at minute `minutes_from` (unix seconds // 60)."""
 
     @abc.abstractmethod
     async def gauges(self) -> Gauges:

@@ -401,11 +401,11 @@ class PostgresStore(Store):
         async with self._conn() as conn:
             events = await conn.fetch(
                 "SELECT type, status, source, count(*) FROM events "
-                "WHERE received_at >= $1 AND received_at < $2 GROUP BY type, status, source",
+                "WHERE received_at >= $1 AND received_at <= $2 GROUP BY type, status, source",
                 since, until)
             accepted = await conn.fetch(
                 "SELECT floor(received_at / 60)::bigint, count(*) FROM events "
-                "WHERE received_at >= $1 AND received_at < $2 GROUP BY 1", from_, until)
+                "WHERE received_at >= $1 AND received_at <= $2 GROUP BY 1", from_, until)
             counts = await conn.fetch(
                 "SELECT minute, source, outcome, reason, count FROM ingest_counts "
                 "WHERE minute >= $1 AND minute <= $2",
@@ -413,11 +413,11 @@ class PostgresStore(Store):
             attempts = await conn.fetch(
                 "SELECT d.handler, a.outcome, count(*) FROM attempts a "
                 "JOIN deliveries d ON d.id = a.delivery_id "
-                "WHERE a.ended_at >= $1 AND a.ended_at < $2 GROUP BY d.handler, a.outcome",
+                "WHERE a.ended_at >= $1 AND a.ended_at <= $2 GROUP BY d.handler, a.outcome",
                 since, until)
             failed = await conn.fetch(
                 "SELECT floor(ended_at / 60)::bigint, count(*) FROM attempts "
-                "WHERE ended_at >= $1 AND ended_at < $2 "
+                "WHERE ended_at >= $1 AND ended_at <= $2 "
                 "AND outcome NOT IN ('succeeded', 'running') GROUP BY 1", from_, until)
         gauges = await self.gauges()
         return StatsRows(

@@ -268,11 +268,15 @@ class SQLiteStore(Store):
         if cursor is not None:
             where.append("seq < ?")
             params.append(decode_cursor(cursor))
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events" + _and(where)
+        # The page's positions are chosen from an index alone and only those rows are read:
+        # a time window otherwise reads every row of the window in full, to sort them.
+        window = f"SELECT seq FROM events{_and(where)} ORDER BY seq DESC LIMIT ?"
         floor = None
-        if filters.q is not None:
+        if filters.q is None:
+            sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({window})"
+            params.append(limit + 1)
+        else:
             # Only the newest Q_SCAN_ROWS rows that pass the other filters are searched.
-            window = f"SELECT seq FROM events{_and(where)} ORDER BY seq DESC LIMIT ?"
             scanned = await self._read(
                 f"SELECT count(*), min(seq) FROM ({window})", [*params, Q_SCAN_ROWS]
             )
@@ -281,8 +285,7 @@ class SQLiteStore(Store):
             sql = (f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({window}) "
                    f"AND instr(body, CAST(? AS BLOB)) > 0")
             params += [Q_SCAN_ROWS, filters.q.encode()]
-        sql += " ORDER BY seq DESC LIMIT ?"
-        rows = await self._read(sql, [*params, limit + 1])
+        rows = await self._read(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit + 1])
         items = [_event_record(row) for row in rows[:limit]]
         if len(rows) > limit:
             return EventPage(items=items, next_cursor=encode_cursor(rows[limit - 1]["seq"]))
@@ -344,10 +347,10 @@ class SQLiteStore(Store):
         from_ = minutes_from * 60
         events = await self._read(
             "SELECT type, status, source, count(*) FROM events "
-            "WHERE received_at >= ? AND received_at < ? GROUP BY type, status, source", window)
+            "WHERE received_at >= ? AND received_at <= ? GROUP BY type, status, source", window)
         accepted = await self._read(
             "SELECT CAST(received_at / 60 AS INTEGER), count(*) FROM events "
-            "WHERE received_at >= ? AND received_at < ? GROUP BY 1", (from_, until))
+            "WHERE received_at >= ? AND received_at <= ? GROUP BY 1", (from_, until))
         counts = await self._read(
             "SELECT minute, source, outcome, reason, count FROM ingest_counts "
             "WHERE minute >= ? AND minute <= ?",
@@ -355,10 +358,10 @@ class SQLiteStore(Store):
         attempts = await self._read(
             "SELECT d.handler, a.outcome, count(*) FROM attempts a "
             "JOIN deliveries d ON d.id = a.delivery_id "
-            "WHERE a.ended_at >= ? AND a.ended_at < ? GROUP BY d.handler, a.outcome", window)
+            "WHERE a.ended_at >= ? AND a.ended_at <= ? GROUP BY d.handler, a.outcome", window)
         failed = await self._read(
             "SELECT CAST(ended_at / 60 AS INTEGER), count(*) FROM attempts "
-            "WHERE ended_at >= ? AND ended_at < ? AND outcome NOT IN ('succeeded', 'running') "
+            "WHERE ended_at >= ? AND ended_at <= ? AND outcome NOT IN ('succeeded', 'running') "
             "GROUP BY 1", (from_, until))
         gauges = await self.gauges()
         return StatsRows(
