@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -65,6 +66,12 @@ async def whoami(request: Request) -> Response:
     return JSONResponse({"name": token.name, "scopes": scopes, "open": False})
 
 
+def _model_json(model: BaseModel) -> Response:
+    # Serialised by pydantic's core in one step: a page of 500 events costs a fraction of
+    # model_dump followed by json.dumps.
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def _number(params: Mapping[str, Any], name: str) -> float | None:
     value = params.get(name)
     if value is None:
@@ -114,7 +121,7 @@ async def list_events(request: Request) -> Response:
         page = await runtime.store.list_events(filters, _limit(params), params.get("cursor"))
     except ValueError:
         raise BadRequest("invalid cursor") from None
-    return JSONResponse(page.model_dump(mode="json"))
+    return _model_json(page)
 
 
 async def raw_event(request: Request) -> Response:
@@ -161,7 +168,7 @@ async def get_event(request: Request) -> Response:
     record = await runtime.store.get_event(request.path_params["event_id"])
     if record is None:
         raise NotFound("no such event")
-    return JSONResponse(record.model_dump(mode="json"))
+    return _model_json(record)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -250,7 +257,7 @@ async def list_deliveries(request: Request) -> Response:
         )
     except ValueError:
         raise BadRequest("invalid cursor") from None
-    return JSONResponse(page.model_dump(mode="json"))
+    return _model_json(page)
 
 
 async def get_entity(request: Request) -> Response:
