@@ -80,6 +80,22 @@ class StatsRows:
     failed_per_minute: dict[int, int]
     dead: int
 
+    @classmethod
+    def from_rows(
+        cls, events: Sequence[Sequence[Any]], accepted: Sequence[Sequence[Any]],
+        counts: Sequence[Sequence[Any]], attempts: Sequence[Sequence[Any]],
+        failed: Sequence[Sequence[Any]], dead: int,
+    ) -> StatsRows:
+        """From the rows of the backend's queries, in the order of the fields."""
+        return cls(
+            events=[(r[0], r[1], r[2], r[3]) for r in events],
+            accepted_per_minute={r[0]: r[1] for r in accepted},
+            counts=[IngestCount(*r) for r in counts],
+            attempts=[(r[0], r[1], r[2]) for r in attempts],
+            failed_per_minute={r[0]: r[1] for r in failed},
+            dead=dead,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Gauges:

@@ -364,14 +364,7 @@ class SQLiteStore(Store):
             "WHERE ended_at >= ? AND ended_at <= ? AND outcome NOT IN ('succeeded', 'running') "
             "GROUP BY 1", (from_, until))
         gauges = await self.gauges()
-        return StatsRows(
-            events=[(r[0], r[1], r[2], r[3]) for r in events],
-            accepted_per_minute={r[0]: r[1] for r in accepted},
-            counts=[IngestCount(*r) for r in counts],
-            attempts=[(r[0], r[1], r[2]) for r in attempts],
-            failed_per_minute={r[0]: r[1] for r in failed},
-            dead=gauges.dead,
-        )
+        return StatsRows.from_rows(events, accepted, counts, attempts, failed, gauges.dead)
 
     async def gauges(self) -> Gauges:
         rows = await self._read(
