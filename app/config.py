@@ -37,6 +37,9 @@ class ServerSettings(_Model):
     port: int = Field(default=8000, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
     intake_queue: int = Field(default=4096, ge=1, description="events waiting for the writer")
+    intake_queue_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1,
+        description="request bodies, in bytes, of the events waiting for or in the writer")
     batch_max: int = Field(default=256, ge=1, description="events written in one transaction")
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     retry_after_seconds: int = Field(default=1, ge=1)

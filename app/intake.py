@@ -3,7 +3,9 @@
 Each request's event goes on a bounded queue and the request waits for its own result, which
 arrives only after the transaction holding its row committed. When the queue is full, or the
 store fails, the request is refused with 503 and Retry-After instead of anything being lost or
-the backlog growing without bound.
+the backlog growing without bound. The queue is bounded twice: in events, and in the bytes of
+their bodies, since events of up to `max_body_bytes` each (and their parsed payloads, a few
+times the size of the body) would otherwise let a full queue take gigabytes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ from schemas.records import NewEvent, Saved
 class Intake:
     """The single writer in front of the store."""
 
-    def __init__(self, store: Store, maxsize: int, batch_max: int, retry_after: int = 1) -> None:
+    def __init__(
+        self, store: Store, maxsize: int, batch_max: int, retry_after: int = 1,
+        max_bytes: int | None = None,
+    ) -> None:
         self.retry_after = retry_after
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._on_stored: list[Callable[[NewEvent], None]] = []
         self._batcher: Batcher[NewEvent, Saved] = Batcher(
             store.save_events, maxsize, batch_max, "hookline-intake"
@@ -29,6 +36,11 @@ class Intake:
     @property
     def depth(self) -> int:
         return self._batcher.depth
+
+    @property
+    def queued_bytes(self) -> int:
+        """Body bytes of the events submitted and not yet answered."""
+        return self._bytes
 
     def on_stored(self, callback: Callable[[NewEvent], None]) -> None:
         """Call `callback` with every new event once it is stored (not with duplicates)."""
@@ -42,12 +54,20 @@ class Intake:
 
     async def submit(self, event: NewEvent) -> Saved:
         """Queue one event and wait until it is durably stored; 503 when it cannot be."""
+        size = len(event.body)
+        # An event always gets in when nothing waits, so a body over the byte bound on its own
+        # is not refused for good.
+        if self.max_bytes is not None and self._bytes and self._bytes + size > self.max_bytes:
+            raise self._unavailable("intake queue is full; retry later")
+        self._bytes += size
         try:
             saved = await self._batcher.submit(event)
         except QueueFull:
             raise self._unavailable("intake queue is full; retry later") from None
         except (StoreError, NotRunning):
             raise self._unavailable("event store is unavailable") from None
+        finally:
+            self._bytes -= size
         if not saved.duplicate:
             for callback in self._on_stored:
                 callback(event)

@@ -66,7 +66,8 @@ class Runtime:
     def __post_init__(self) -> None:
         server = self.settings.server
         self.intake = Intake(
-            self.store, server.intake_queue, server.batch_max, server.retry_after_seconds
+            self.store, server.intake_queue, server.batch_max, server.retry_after_seconds,
+            server.intake_queue_bytes,
         )
         self.rate_limiter = RateLimiter(
             {name: source.rate_limit for name, source in self.settings.sources.items()}

@@ -79,6 +79,54 @@ async def test_full_intake_answers_503_and_nothing_grows(tmp_path: Any, clock: F
             assert sorted(ids) == ["m0", "m1", "m2"]
 
 
+async def test_intake_bounds_queued_body_bytes(tmp_path: Any, clock: FakeClock) -> None:
+    """Large bodies fill the intake by their bytes before its event count: the event past the
+    byte bound is refused, and the bytes are given back once the writer answered."""
+    body = standard_body()
+    config = base_config(tmp_path / "bytes.db")
+    config["server"] = {"intake_queue": 100, "batch_max": 1,
+                        "intake_queue_bytes": 2 * len(body) + len(body) // 2}
+    settings = settings_from_mapping(config, {})
+    store = GatedStore(str(tmp_path / "bytes.db"))
+    app = create_app(settings, store=store, clock=clock)
+    intake = app.state.runtime.intake
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            try:
+                first = asyncio.create_task(post(client, clock, "m0"))
+                await store.entered.wait()  # the writer holds m0, and its bytes count
+                second = asyncio.create_task(post(client, clock, "m1"))
+                for _ in range(10_000):
+                    if intake.depth == 1:
+                        break
+                    await asyncio.sleep(0)
+                assert intake.depth == 1 and intake.queued_bytes == 2 * len(body)
+                # Bounded: were m2 queued, it would wait for the gate.
+                refused = await asyncio.wait_for(post(client, clock, "m2"), 5)
+            finally:
+                store.gate.set()  # else a failure above would hold the shutdown's drain
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "store_unavailable"
+            assert refused.headers["retry-after"] == "1"
+            assert [r.status_code for r in await asyncio.gather(first, second)] == [202, 202]
+            assert intake.queued_bytes == 0
+            assert (await post(client, clock, "m2")).status_code == 202
+            items = (await client.get("/api/events")).json()["items"]
+            assert sorted(item["upstream_id"] for item in items) == ["m0", "m1", "m2"]
+
+
+async def test_a_body_over_the_byte_bound_gets_in_alone(tmp_path: Any, clock: FakeClock) -> None:
+    config = base_config(tmp_path / "big.db")
+    config["server"] = {"intake_queue_bytes": 10}
+    app = create_app(settings_from_mapping(config, {}), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            assert (await post(client, clock, "big")).status_code == 202
+            assert app.state.runtime.intake.queued_bytes == 0
+
+
 async def test_rate_limit_answers_429_and_stores_nothing(tmp_path: Any, clock: FakeClock) -> None:
     config = base_config(tmp_path / "rl.db")
     config["sources"]["partner"]["rate_limit"] = {"per_second": 1, "burst": 2}
