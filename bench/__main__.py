@@ -31,6 +31,7 @@ import common  # noqa: E402
 import dispatch  # noqa: E402
 import ingest  # noqa: E402
 import memory  # noqa: E402
+import peer  # noqa: E402
 
 QUIET_LOAD = 0.7
 Target = tuple[str, str, str, str]
@@ -104,7 +105,7 @@ def summary(ingest_run: ingest.IngestRun | None, targets: list[Target]) -> None:
                           ("webhook (adnanh)", ingest_run.webhook)):
             rows.append((name, f"{got.requests_per_second:.0f}", f"{got.p50_ms:.2f}",
                          f"{got.p99_ms:.2f}", str(got.non_2xx),
-                         f"{got.requests_per_second / ingest_run.noop.requests_per_second:.2f}",
+                         f"{got.requests_per_second / ingest_run.noop.requests_per_second:.3f}",
                          f"{got.requests_per_second / ingest_run.webhook.requests_per_second:.2f}"))
         common.print_table(rows)
         print()
@@ -118,14 +119,16 @@ def write_results(path: Path, command: str, started: datetime, load: tuple[float
     machine = "\n".join(f"| {key} | {value} |" for key, value in common.machine().items())
     busy_note = ("none" if not busy else
                  f"{len(busy)}: " + "; ".join(f"`{line}`" for line in busy[:5]))
+    _, _, figures = output.partition("== summary ==")
     path.write_text(f"""# Benchmark results
 
-The last full run of `{command}` on this machine; each figure is measured against a baseline in
-the same run (see bench/*.py for what each one does).
+The last full run of `python -m bench all` on this machine. Every figure is measured against a
+baseline in the same run, on 127.0.0.1 only; bench/*.py say what each benchmark does.
 
 | machine | |
 |---|---|
 {machine}
+| webhook peer | {peer.version()} |
 | date (UTC) | {started:%Y-%m-%d %H:%M} |
 | load average at start (1, 5, 15 min) | {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} |
 | test runs or load generators at start | {busy_note} |
@@ -137,7 +140,13 @@ Command, from the repository root with the project's venv active:
 {command}
 ```
 
-Output:
+## Figures against targets
+
+```text
+{figures.strip()}
+```
+
+## Everything the run printed
 
 ```text
 {output.strip()}
@@ -185,8 +194,7 @@ def run_all(options: argparse.Namespace) -> int:
         print(f"\nload average at the end {end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f}")
         summary(ingest_run, targets)
     if options.results:
-        command = "python -m bench all" + (
-            f" --read-db {options.read_db}" if options.read_db else "")
+        command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
         write_results(options.results, command, started, load, busy, tee.kept.getvalue(),
                       time.monotonic() - begin)
         print(f"wrote {options.results}")

@@ -102,7 +102,7 @@ class IngestRun:
         """(figure, measured, target, ok/MISSED) for every ingest target."""
         hook = self.hookline
         return [
-            ("ingest hookline/no-op", f"{self.vs_noop:.2f}x", f">= {MIN_VS_NOOP}x",
+            ("ingest hookline/no-op", f"{self.vs_noop:.3f}x", f">= {MIN_VS_NOOP}x",
              verdict(self.vs_noop >= MIN_VS_NOOP)),
             ("ingest hookline/webhook", f"{self.vs_webhook:.2f}x", f">= {MIN_VS_WEBHOOK:g}x",
              verdict(self.vs_webhook >= MIN_VS_WEBHOOK)),
@@ -159,7 +159,7 @@ def report(result: IngestRun) -> None:
         rows.append((name, f"{got.requests_per_second:.0f}", f"{got.p50_ms:.2f}",
                      f"{got.p99_ms:.2f}", str(got.non_2xx), str(got.requests)))
     print_table(rows)
-    print(f"ratio hookline/no-op: {result.vs_noop:.2f} (target >= {MIN_VS_NOOP}); "
+    print(f"ratio hookline/no-op: {result.vs_noop:.3f} (target >= {MIN_VS_NOOP}); "
           f"hookline/webhook: {result.vs_webhook:.2f} (target >= {MIN_VS_WEBHOOK:g}); "
           f"p99 {result.hookline.p99_ms:.1f} ms (target <= {MAX_P99_MS:g} ms)")
     if result.hookline.requests > result.distinct:
