@@ -330,6 +330,39 @@ async def test_tail_follows_events_and_finished_attempts(store: Store) -> None:
     assert (await store.heads())[1] == outcomes[-1][0]
 
 
+async def test_a_finished_batch_is_recorded_in_its_order_and_only_where_leased(
+    store: Store,
+) -> None:
+    from app.store.base import Finished
+
+    await store.save_events([event(n, type_=f"t.{n}", handlers=("h",)) for n in (1, 2, 3)])
+    claims = {c.event.type: c for c in await store.claim_due("w", T0 + 5, 30, 10)}
+    batch = [
+        Finished(claims["t.3"].delivery_id, "w", 1, T0 + 6, "succeeded", "succeeded"),
+        Finished(claims["t.2"].delivery_id, "other", 1, T0 + 7, "transient", "pending",
+                 T0 + 60, "late"),
+        Finished(claims["t.1"].delivery_id, "w", 1, T0 + 8, "permanent", "dead", None, "no",
+                 http_status=422),
+    ]
+    assert await store.finish(batch) == [True, False, True]
+    outcomes = await store.tail_outcomes(EventFilter(), 0, 20)
+    assert sorted((o.event_type, o.outcome, o.error) for _, o in outcomes) == [
+        ("t.1", "permanent", "no"), ("t.2", "transient", "late"), ("t.3", "succeeded", None)]
+    assert len({p for p, _ in outcomes}) == 3  # each outcome has a position of its own
+
+    assert await store.finish([Finished(claims["t.2"].delivery_id, "w", 1, T0 + 9, "succeeded",
+                                        "succeeded")]) == [True]
+    # An attempt recorded again moves past every position recorded before.
+    assert [o.event_type for _, o in await store.tail_outcomes(EventFilter(), 0, 20)][-1] == "t.2"
+    records = {r.type: await store.get_event(r.id)
+               for r in (await store.list_events(EventFilter(), 10)).items}
+    dead = records["t.1"]
+    assert dead is not None and dead.status == "failed"
+    assert [(d.status, d.last_error) for d in dead.deliveries] == [("dead", "no")]
+    assert dead.deliveries[0].attempt_log[0].http_status == 422
+    assert all(r is not None and r.status == "delivered" for t, r in records.items() if t != "t.1")
+
+
 async def test_stats_rows_and_gauges(store: Store) -> None:
     from app.store.base import Finished, IngestCount
 

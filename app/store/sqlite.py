@@ -64,6 +64,30 @@ FROM json_each(?) WHERE true
 ON CONFLICT (source, dedupe_key) DO NOTHING
 RETURNING id
 """
+# A finished batch arrives as a JSON array of [delivery_id, attempt, ended_at, outcome, error,
+# http_status, status, next_attempt_at, owner]. Finished attempts take the next positions in
+# `done_seq`, in the batch's order (the subquery is evaluated once per statement).
+_FINISHED = """
+SELECT key + 1 AS n, value ->> 0 AS delivery_id, value ->> 1 AS attempt, value ->> 2 AS ended_at,
+       value ->> 3 AS outcome, value ->> 4 AS error, value ->> 5 AS http_status,
+       value ->> 6 AS status, value ->> 7 AS next_attempt_at, value ->> 8 AS owner
+FROM json_each(?)
+"""
+_FINISH_ATTEMPTS = f"""
+UPDATE attempts SET ended_at = r.ended_at, outcome = r.outcome, error = r.error,
+    http_status = r.http_status,
+    done_seq = (SELECT coalesce(max(done_seq), 0) FROM attempts) + r.n
+FROM ({_FINISHED}) AS r
+WHERE attempts.delivery_id = r.delivery_id AND attempts.number = r.attempt
+"""
+_FINISH_DELIVERIES = f"""
+UPDATE deliveries SET status = r.status, next_attempt_at = r.next_attempt_at, lease_owner = NULL,
+    lease_expires_at = NULL, last_error = r.error, updated_at = r.ended_at
+FROM ({_FINISHED}) AS r
+WHERE deliveries.id = r.delivery_id AND deliveries.lease_owner = r.owner
+    AND deliveries.attempts = r.attempt AND deliveries.status = 'running'
+RETURNING deliveries.id
+"""
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (id, event_id, handler, status, attempts, next_attempt_at, created_at,
                         updated_at)
@@ -440,25 +464,20 @@ class SQLiteStore(Store):
         return result
 
     async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:
+        # The whole batch in two statements rather than two a result: each statement is a
+        # round trip to the connection's thread, taken while every other write waits.
+        batch = json.dumps([
+            [r.delivery_id, r.attempt, r.ended_at, r.outcome, r.error, r.http_status, r.status,
+             r.next_attempt_at, r.owner]
+            for r in results
+        ])
+
         async def steps(conn: aiosqlite.Connection) -> list[bool | StoreError]:
-            held: list[bool | StoreError] = []
-            for r in results:
-                await conn.execute(
-                    "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, http_status = ?, "
-                    "done_seq = coalesce((SELECT max(done_seq) FROM attempts), 0) + 1 "
-                    "WHERE delivery_id = ? AND number = ?",
-                    (r.ended_at, r.outcome, r.error, r.http_status, r.delivery_id, r.attempt),
-                )
-                cursor = await conn.execute(
-                    "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_owner = NULL, "
-                    "lease_expires_at = NULL, last_error = ?, updated_at = ? "
-                    "WHERE id = ? AND lease_owner = ? AND attempts = ? AND status = 'running'",
-                    (r.status, r.next_attempt_at, r.error, r.ended_at, r.delivery_id, r.owner,
-                     r.attempt),
-                )
-                held.append(cursor.rowcount == 1)
+            await conn.execute(_FINISH_ATTEMPTS, (batch,))
+            rows = await conn.execute_fetchall(_FINISH_DELIVERIES, (batch,))
+            held = {row[0] for row in rows}
             await _refresh_event_status(conn, [r.delivery_id for r in results])
-            return held
+            return [r.delivery_id in held for r in results]
 
         outcome: list[bool | StoreError] = await self._write(steps)
         return outcome
