@@ -57,3 +57,43 @@ def test_ordinary_standard_types_pass() -> None:
                "data": {}}
     parsed = parse_event("standard", Incoming(payload, {"webhook-id": "m"}), "reject")
     assert parsed.type == "invoice.paid/v2:eu-west"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_access_lines_are_the_lines_their_records_would_make(
+    formatter: TextFormatter | JsonFormatter,
+) -> None:
+    fields = {"method": "POST", "path": "/webhooks/a\nb", "status": 202, "duration_ms": 1.25,
+              "source": "a", "type": None, "event_id": "evt_1"}
+    for created in (1_764_000_000.0, 1_764_000_000.999, 1_764_000_061.5):
+        made = logging.LogRecord("hookline.access", logging.INFO, "", 0, "request", (), None)
+        made.created, made.msecs = created, (created - int(created)) * 1000
+        made.fields = fields  # type: ignore[attr-defined]
+        assert formatter.access_line(created, fields) == formatter.format(made)
+
+
+def test_the_writer_writes_every_queued_line_in_order_and_flushes_on_stop() -> None:
+    import io
+    import queue
+
+    from app.logs import _Writer
+
+    records: queue.SimpleQueue[object] = queue.SimpleQueue()
+    stream = io.StringIO()
+    writer = _Writer(records, stream, TextFormatter())
+    for n in range(1200):  # more than one batch
+        records.put((1_764_000_000.0 + n / 1000, {"status": n}))
+    records.put(record("plain %s", "record"))
+    records.put((1_764_000_002.0, {"status": object.__new__(_Unprintable)}))
+    writer.start()
+    writer.stop()
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit("=", 1)[1] for line in lines[:1200]] == [str(n) for n in range(1200)]
+    assert lines[1200].endswith("hookline.test plain record")
+    assert lines[1201] == "hookline: a log record could not be formatted (RuntimeError)"
+    assert len(lines) == 1202
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
