@@ -330,6 +330,20 @@ async def test_tail_follows_events_and_finished_attempts(store: Store) -> None:
     assert (await store.heads())[1] == outcomes[-1][0]
 
 
+async def test_claiming_an_expired_lease_closes_the_open_attempt_as_lost(store: Store) -> None:
+    [saved] = await store.save_events([event(1, handlers=("h",))])
+    [first] = await store.claim_due("w1", T0 + 5, 30, 10)
+    assert await store.claim_due("w2", T0 + 20, 30, 10) == []  # still leased
+    [second] = await store.claim_due("w2", T0 + 40, 30, 10)
+    assert (second.delivery_id, first.attempt, second.attempt) == (first.delivery_id, 1, 2)
+    record = await store.get_event(saved.id)
+    assert record is not None
+    [delivery] = record.deliveries
+    assert (delivery.status, delivery.attempts) == ("running", 2)
+    assert [(a.number, a.outcome, a.started_at, a.ended_at) for a in delivery.attempt_log] == [
+        (1, "lost", T0 + 5, T0 + 40), (2, "running", T0 + 40, None)]
+
+
 async def test_a_finished_batch_is_recorded_in_its_order_and_only_where_leased(
     store: Store,
 ) -> None:

@@ -430,21 +430,13 @@ class SQLiteStore(Store):
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
-            await conn.execute(
-                f"UPDATE attempts SET outcome = 'lost', ended_at = ?, error = 'lease expired' "
-                f"WHERE outcome = 'running' AND delivery_id IN ({marks})",
-                (now, *ids),
-            )
+            # The deliveries_claimed trigger opens each claim's attempt row (and marks an
+            # attempt left open by an expired lease lost).
             await conn.execute(
                 f"UPDATE deliveries SET status = 'running', lease_owner = ?, "
                 f"lease_expires_at = ?, attempts = attempts + 1, updated_at = ? "
                 f"WHERE id IN ({marks})",
                 (owner, now + lease_seconds, now, *ids),
-            )
-            await conn.execute(
-                f"INSERT INTO attempts (delivery_id, number, started_at, outcome) "
-                f"SELECT id, attempts, ?, 'running' FROM deliveries WHERE id IN ({marks})",
-                (now, *ids),
             )
             claimed = await conn.execute_fetchall(
                 f"SELECT d.id AS delivery_id, d.handler, d.attempts, {_EVENT_COLUMNS_E}, "
