@@ -63,3 +63,12 @@ EXCEPTION_HANDLERS = {
     HTTPException: _http_exception,
     Exception: _unexpected,
 }
+
+
+async def error_for(request: Request, exc: Exception) -> Response:
+    """The response the app's exception handlers make of `exc` (the most specific one's)."""
+    for kind in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(kind)
+        if handler is not None:
+            return await handler(request, exc)
+    return await _unexpected(request, exc)

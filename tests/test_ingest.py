@@ -320,3 +320,37 @@ async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
 async def test_wrong_method_and_unknown_path_use_the_envelope(client: httpx.AsyncClient) -> None:
     assert_error(await client.get("/webhooks/partner"), 405, "method_not_allowed")
     assert_error(await client.get("/nowhere"), 404, "not_found")
+
+
+async def test_an_unexpected_error_answers_500_with_the_envelope_and_is_logged(
+    app: Any, client: httpx.AsyncClient, clock: FakeClock, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.store import StoreError
+
+    intake = app.state.runtime.intake
+    real_submit = intake.submit
+
+    async def broken(event: Any) -> Any:
+        raise RuntimeError("intake exploded at /var/lib/secret")
+
+    monkeypatch.setattr(intake, "submit", broken)
+    with caplog.at_level("ERROR", logger="hookline.http"):
+        response = await post_standard(client, clock)
+    error = assert_error(response, 500, "internal_error")
+    assert "exploded" not in response.text and "Traceback" not in response.text
+    assert error["message"] == "internal error"
+    [logged] = [r for r in caplog.records if r.name == "hookline.http"]
+    assert logged.exc_info is not None and "POST /webhooks/partner" in logged.getMessage()
+
+    async def store_down(event: Any) -> Any:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(intake, "submit", store_down)
+    response = await post_standard(client, clock, msg_id="msg_2")
+    assert_error(response, 503, "store_unavailable")
+    assert response.headers["retry-after"].isdigit()
+    assert "locked" not in response.text
+
+    monkeypatch.setattr(intake, "submit", real_submit)
+    assert (await post_standard(client, clock, msg_id="msg_3")).status_code == 202
