@@ -102,14 +102,14 @@ def _standard_ok(
     signed = prefix + body
     matched = False
     for secret in _secrets(auth):
-        expected = hmac.new(_standard_key(secret), signed, hashlib.sha256).digest()
+        expected = hmac.digest(_standard_key(secret), signed, "sha256")
         for candidate in offered:
             matched |= hmac.compare_digest(expected, candidate)
     return matched
 
 
 def _hmac_hex(secret: str, body: bytes) -> str:
-    return hmac.new(_utf8(secret), body, hashlib.sha256).hexdigest()
+    return hmac.digest(_utf8(secret), body, "sha256").hex()
 
 
 def _hmac_ok(auth: AuthSettings, headers: Mapping[str, str], body: bytes) -> bool:

@@ -48,13 +48,21 @@ class Metrics:
         self.dead = Gauge("hookline_dead_letters", "Deliveries that are dead.", registry=r)
         self.store_up = Gauge("hookline_store_up", "1 when the store answered this scrape.",
                               registry=r)
+        # labels() checks and locks on every call; each request needs only a lookup.
+        self._received: dict[tuple[str, ...], Counter] = {}
 
     def accepted(self, source: str, event_type: str, duplicate: bool) -> None:
         outcome = "duplicate" if duplicate else "accepted"
-        self.received.labels(source, event_type, outcome, "").inc()
+        self._received_child(source, event_type, outcome, "").inc()
 
     def rejected(self, source: str, reason: str) -> None:
-        self.received.labels(source, "", "rejected", reason).inc()
+        self._received_child(source, "", "rejected", reason).inc()
+
+    def _received_child(self, *labels: str) -> Counter:
+        child = self._received.get(labels)
+        if child is None:
+            child = self._received[labels] = self.received.labels(*labels)
+        return child
 
     def finished(self, handler: str, outcome: str, status: str, seconds: float) -> None:
         self.deliveries.labels(handler, outcome, status).inc()
