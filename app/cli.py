@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.logs import configure_logging
     from app.main import create_app
-    from app.serving import Server
+    from app.serving import Protocol, Server
 
     settings = _settings(args.config)
     server = settings.server
@@ -88,14 +88,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=server.host,
         port=server.port,
         loop="uvloop",
-        http="httptools",
+        http=Protocol,
         access_log=False,
         log_config=None,
         proxy_headers=False,  # hookline logs no client addresses, so it needs no proxy rewrite
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    Server(config, app.state.runtime.changes).run()
+    Server(config, app.state.runtime.changes, server.header_timeout_seconds).run()
     return 0
 
 

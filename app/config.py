@@ -42,6 +42,10 @@ class ServerSettings(_Model):
         description="request bodies, in bytes, of the events waiting for or in the writer")
     batch_max: int = Field(default=256, ge=1, description="events written in one transaction")
     body_timeout_seconds: float = Field(default=10.0, gt=0)
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0,
+        description="time a connection has to send a request's headers, from its start or "
+                    "from the request's first byte")
     retry_after_seconds: int = Field(default=1, ge=1)
     stream_poll_seconds: float = Field(
         default=1.0, gt=0, description="how often a live tail looks for other processes' writes")

@@ -41,6 +41,7 @@ JSON = {"content-type": "application/json"}
 CONFIG = f"""
 [server]
 body_timeout_seconds = 1
+header_timeout_seconds = 1
 
 [storage]
 url = "sqlite:///hostile.db"
@@ -666,6 +667,39 @@ def test_many_connections_stuck_in_their_headers_do_not_block_good_events(
     finally:
         for sock in stuck:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /webhooks/alfred HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"GET /hea"],
+    ids=["nothing", "part-of-the-headers", "part-of-the-request-line"],
+)
+def test_a_connection_slow_to_send_its_headers_is_answered_408_and_closed(
+    hookline: Hookline, sent: bytes
+) -> None:
+    started = time.monotonic()
+    with connect(hookline, sent) as sock:
+        hookline.post_good()  # served meanwhile
+        reply = read_reply(sock, timeout=4)
+        assert reply is not None and reply.status == 408
+        assert reply.error_code() == "request_timeout"
+        assert 1 <= time.monotonic() - started < 3  # header_timeout_seconds is 1
+        assert closed_by_server(sock, timeout=2, keep_sending=True)
+
+
+def test_a_keep_alive_connection_gets_the_header_timeout_for_each_request(
+    hookline: Hookline,
+) -> None:
+    body = json.dumps(alfred_event()).encode()
+    with connect(hookline, request_head(ALFRED, length=len(body)) + body) as sock:
+        first = read_reply(sock)
+        assert first is not None and first.status == 202
+        hookline.acknowledged.append(json.loads(first.body)["id"])
+        started = time.monotonic()
+        sock.sendall(b"POST /webhooks/alfred HTTP/1.1\r\n")  # the next request, left unfinished
+        reply = read_reply(sock, timeout=4)
+        assert reply is not None and reply.status == 408
+        assert time.monotonic() - started < 3
 
 
 # --- the parser itself --------------------------------------------------------------------------
