@@ -2,9 +2,9 @@
 
 `create_app(settings, store=None, clock=None, http=None, role="all")` builds everything from its
 arguments and loads the handlers (a bad one fails here, before anything starts). The lifespan
-opens the store, starts the intake writer, the worker and the scheduler ticks; on shutdown it
-stops them in the reverse order: the intake drains, in-flight deliveries finish or give their
-leases back, and only then is the store closed.
+opens the store, starts the intake writer, the worker, the scheduler ticks and a watchdog on the
+event loop (app.watchdog); on shutdown it stops them in the reverse order: the intake drains,
+in-flight deliveries finish or give their leases back, and only then is the store closed.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from app.metrics import metrics_endpoint
 from app.runtime import Role, Runtime, default_http
 from app.scheduler import Maintenance, start_scheduler
 from app.store import Store, StoreError, store_from_url
+from app.watchdog import LoopWatchdog
 from app.worker import WorkerSettings
 
 log = logging.getLogger("hookline")
@@ -157,6 +158,8 @@ def create_app(
             )
         if not settings.api.tokens and settings.server.on_loopback:
             log.warning("no [[api.tokens]] configured: the read API is open on loopback")
+        watchdog = LoopWatchdog(on_stall=runtime.metrics.loop_blocked.inc)
+        watchdog.start()
         try:
             yield
         finally:
@@ -169,6 +172,7 @@ def create_app(
             if owns_http:
                 await runtime.http.aclose()
             await runtime.store.close()
+            watchdog.stop()
 
     app = HooklineApp(
         receiver=role != "worker",

@@ -48,6 +48,10 @@ class Metrics:
         self.dead = Gauge("hookline_dead_letters", "Deliveries that are dead.", registry=r)
         self.store_up = Gauge("hookline_store_up", "1 when the store answered this scrape.",
                               registry=r)
+        self.loop_blocked = Counter(
+            "hookline_event_loop_blocked_seconds", "Time this process's event loop was blocked "
+            "(by a handler calling something that blocks), counted in stalls over a second.",
+            registry=r)
         # labels() checks and locks on every call; each request needs only a lookup.
         self._received: dict[tuple[str, ...], Counter] = {}
 

@@ -233,7 +233,8 @@ class Worker:
     # Running one delivery.
 
     def _spawn(self, claim: Claim) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._run(claim), name=f"delivery-{claim.delivery_id}")
+        task = asyncio.create_task(
+            self._run(claim), name=f"delivery {claim.delivery_id} (handler {claim.handler})")
         self._inflight[task] = claim
         self._held[claim.handler] += 1
         task.add_done_callback(self._done)

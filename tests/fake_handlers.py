@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from handlers import Context, Event, Permanent, PollOutcome, Retry
@@ -72,12 +73,23 @@ class Garbage:
         return {"not": "None"}
 
 
+class BlocksTheLoop:
+    """Calls something blocking from its async handle(), as a careless plugin would."""
+
+    name = "blocks"
+    seconds = 1.3
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        time.sleep(self.seconds)
+
+
 recorder = Recorder()
 flaky = Flaky()
 ask_later = AskLater()
 refuses = Refuses()
 hangs = Hangs()
 garbage = Garbage()
+blocks_the_loop = BlocksTheLoop()
 
 
 def reset() -> None:
