@@ -5,13 +5,15 @@ from __future__ import annotations
 from email.message import EmailMessage
 
 import aiosmtplib
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from handlers import Context, Event, Permanent
 from handlers.slack import render
 
 
 class EmailOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     host: str
     port: int = 587
     sender: str

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
 from handlers import Context, Event, Permanent, Retry
@@ -53,6 +53,8 @@ def host_allowed(url: httpx.URL, allowed: list[str]) -> bool:
 
 
 class ForwardOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     url: str
     secret: SecretStr | None = None
     headers: dict[str, str] = {}

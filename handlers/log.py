@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from handlers import Context, Event
 
@@ -11,6 +11,8 @@ class LogHandler:
     name = "log"
 
     class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
         level: str = "info"
 
     async def handle(self, event: Event, ctx: Context) -> None:

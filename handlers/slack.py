@@ -11,13 +11,15 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from handlers import Context, Event
 from handlers.forward import raise_for_outcome
 
 
 class SlackOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     webhook_url: SecretStr
     template: str = "{type} from {source}: job {job_id} file {file_id}"
     timeout: float = Field(default=10.0, gt=0)

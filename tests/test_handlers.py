@@ -484,6 +484,23 @@ def test_missing_slack_webhook_url_names_its_key_path() -> None:
 
 
 @pytest.mark.parametrize(
+    ("use", "options"),
+    [
+        ("forward", {"url": "https://r.example/h"}),
+        ("slack", {"webhook_url": SLACK_URL}),
+        ("email", {"host": "smtp.example", "sender": "a@example", "to": ["b@example"]}),
+        ("log", {}),
+    ],
+)
+def test_a_misspelt_option_of_a_builtin_is_refused_with_its_key_path(
+    use: str, options: dict[str, Any]
+) -> None:
+    load_handlers(configured(it={"use": use, "options": options}))
+    [problem] = load_problems(it={"use": use, "options": {**options, "temlpate": "{type}"}})
+    assert problem.startswith("handlers.it.options.temlpate: ")
+
+
+@pytest.mark.parametrize(
     ("use", "message"),
     [
         ("carrier_pigeon", "no built-in handler or entry point named 'carrier_pigeon'"),
