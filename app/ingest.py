@@ -121,8 +121,12 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     return 202, {"id": saved.id, "type": parsed.type, "duplicate": False}
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 async def _send_json(send: Send, status: int, answer: dict[str, Any]) -> None:
-    body = json.dumps(answer, separators=(",", ":")).encode()
+    body = _ENCODER.encode(answer).encode()
     await send({
         "type": "http.response.start",
         "status": status,

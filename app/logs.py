@@ -26,6 +26,10 @@ access_log = logging.getLogger("hookline.access")
 _ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "source", "type", "event_id")
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -37,14 +41,14 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line)
 
     def access_line(self, created: float, fields: dict[str, Any]) -> str:
         """The line `format` makes of an access record, made without building the record."""
         line = {"time": round(created, 3), "level": "info", "logger": access_log.name,
                 "message": "request"}
         line.update(fields)
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line)
 
 
 # Messages and fields carry callers' text (a URL path, a payload's type): control characters
