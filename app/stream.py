@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
@@ -56,38 +56,6 @@ class Changes:
             await asyncio.wait_for(token.wait(), timeout)
 
 
-class _Positions:
-    """How far one kind of item was sent. With a store whose positions may commit out of
-    order (`margin` > 0), the last `margin` positions are read again and what was already sent
-    is skipped."""
-
-    def __init__(self, head: int, margin: int) -> None:
-        self.head = head
-        self.margin = margin
-        self.sent: set[int] | None = None  # None until the first read: all up to head counts as sent
-
-    def after(self) -> int:
-        return max(0, self.head - self.margin)
-
-    def fresh(self, positions: Iterable[int]) -> list[int]:
-        """The positions not sent yet, now counted as sent."""
-        known = self.sent
-        if known is None:
-            known = self.sent = set()
-            start = self.head
-        else:
-            start = -1
-        new = []
-        for position in positions:
-            if position > start and position not in known:
-                new.append(position)
-            known.add(position)
-            self.head = max(self.head, position)
-        floor = self.head - self.margin
-        self.sent = {p for p in known if p > floor}
-        return new
-
-
 def parse_position(text: str | None) -> tuple[int, int] | None:
     """A `Last-Event-ID` this server handed out, or None."""
     if not text:
@@ -107,26 +75,23 @@ async def tail(
     """SSE frames of events and attempt outcomes after `start`, until the client goes away or
     the server shuts down."""
     loop = asyncio.get_running_loop()
-    events = _Positions(start[0], store.tail_margin)
-    outcomes = _Positions(start[1], store.tail_margin)
+    events_head, outcomes_head = start
     yield "retry: 2000\n\n"
     quiet_since = loop.time()
     while not changes.closed:
         token = changes.token()
         read_at = loop.time()
-        new_events = await store.tail_events(filters, events.after(), PAGE)
-        new_outcomes = await store.tail_outcomes(filters, outcomes.after(), PAGE)
+        new_events = await store.tail_events(filters, events_head, PAGE)
+        new_outcomes = await store.tail_outcomes(filters, outcomes_head, PAGE)
         # Each frame's id resumes right after it: events first, then outcomes.
-        outcomes_before = outcomes.head
-        fresh_events = set(events.fresh(seq for seq, _ in new_events))
-        fresh_outcomes = set(outcomes.fresh(seq for seq, _ in new_outcomes))
+        outcomes_before = outcomes_head
         for seq, record in new_events:
-            if seq in fresh_events:
-                yield _frame("event", f"{seq}.{outcomes_before}", record.model_dump(mode="json"))
+            events_head = seq
+            yield _frame("event", f"{seq}.{outcomes_before}", record.model_dump(mode="json"))
         for seq, outcome in new_outcomes:
-            if seq in fresh_outcomes:
-                yield _frame("delivery", f"{events.head}.{seq}", asdict(outcome))
-        if fresh_events or fresh_outcomes:
+            outcomes_head = seq
+            yield _frame("delivery", f"{events_head}.{seq}", asdict(outcome))
+        if new_events or new_outcomes:
             quiet_since = loop.time()
         if len(new_events) == PAGE or len(new_outcomes) == PAGE:
             continue

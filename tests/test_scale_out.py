@@ -174,3 +174,39 @@ def test_receivers_answer_503_while_the_database_drops_them(tmp_path: Path, sche
     stored = asyncio.run(_fetch(schema_url, "SELECT dedupe_key FROM events ORDER BY seq"))
     keys = [row["dedupe_key"] for row in stored]
     assert keys[0] == "outage-0" and "outage-1" not in keys  # nothing 503'd was stored
+
+
+async def test_outcomes_wait_for_each_other_so_positions_commit_in_order(schema_url: str) -> None:
+    """A finished attempt draws its position (done_seq) only once no other finish is in
+    flight, so a live tail that read position N never sees a lower one appear later."""
+    from app.ids import new_id
+    from app.store import store_from_url
+    from app.store.base import Finished
+    from app.store.postgres import _OUTCOMES_ORDER_LOCK
+    from schemas.records import NewEvent
+
+    now = 1_790_000_000.0
+    store = store_from_url(schema_url)
+    await store.open()
+    holder = await asyncpg.connect(schema_url)
+    try:
+        await store.save_events([NewEvent(
+            id=new_id("evt", now), source="s", type="t", dedupe_key="k", received_at=now,
+            occurred_at=None, body=b"{}", payload={}, headers={}, handlers=("h",))])
+        [claim] = await store.claim_due("w", now, 30, 10)
+        in_flight = holder.transaction()
+        await in_flight.start()
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", _OUTCOMES_ORDER_LOCK)
+        finishing = asyncio.create_task(store.finish([Finished(
+            claim.delivery_id, "w", 1, now + 1, "succeeded", "succeeded")]))
+        waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                   "AND ((classid::bigint << 32) | objid::bigint) = $1")
+        async with asyncio.timeout(5):
+            while not await holder.fetchval(waiting, _OUTCOMES_ORDER_LOCK):
+                await asyncio.sleep(0.02)
+        assert not finishing.done()
+        await in_flight.commit()
+        assert await finishing == [True]
+    finally:
+        await holder.close()
+        await store.close()

@@ -3,8 +3,9 @@ HOOKLINE_TEST_POSTGRES_URL names a server)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -259,8 +260,6 @@ async def test_raw_body_is_the_bytes_received(store: Store) -> None:
 
 
 async def test_pages_under_concurrent_inserts_skip_and_repeat_nothing(store: Store) -> None:
-    import asyncio
-
     await store.save_events([event(n) for n in range(1, 31)])
     before = {i.id for i in (await store.list_events(EventFilter(), 500)).items}
     paging_done = asyncio.Event()
@@ -328,6 +327,56 @@ async def test_tail_follows_events_and_finished_attempts(store: Store) -> None:
     assert [o.outcome for _, o in await store.tail_outcomes(EventFilter(type="b.*"), 0, 10)] == [
         "transient"]
     assert (await store.heads())[1] == outcomes[-1][0]
+
+
+@contextlib.asynccontextmanager
+async def insert_left_open(store_url: str, new: NewEvent) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """`new` inserted, with its position taken, by a transaction of another connection that
+    stays open until the returned commit is awaited: a write that began first and ends last."""
+    if store_url.startswith("sqlite"):
+        import aiosqlite
+
+        from app.store.sqlite import _INSERT_EVENTS_JSON, _events_json
+
+        lite = await aiosqlite.connect(store_url.removeprefix("sqlite:///"))
+        await lite.execute("BEGIN IMMEDIATE")
+        await lite.execute_fetchall(_INSERT_EVENTS_JSON, (_events_json([new]),))
+        try:
+            yield lite.commit
+        finally:
+            await lite.close()
+        return
+    import asyncpg
+
+    from app.store.postgres import _SAVE_BATCH, _batch_json
+
+    conn = await asyncpg.connect(store_url)
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.fetch(_SAVE_BATCH, _batch_json([new]))
+    try:
+        yield transaction.commit
+    finally:
+        await conn.close()
+
+
+async def test_a_tail_never_sees_a_position_appear_below_one_it_has_read(
+    store: Store, store_url: str
+) -> None:
+    head, _ = await store.heads()
+    late = event(1, type_="late")
+    batch = [event(n, type_="batch") for n in range(2, 402)]  # far more than any look-back
+    async with insert_left_open(store_url, late) as commit:
+        writer = asyncio.create_task(store.save_events(batch))
+        # The batch is written meanwhile, or waits for the open write to end (positions in
+        # commit order); either way, read the tail as it is now.
+        await asyncio.wait({writer}, timeout=1.0)
+        seen = await store.tail_events(EventFilter(), head, 1000)
+        await commit()
+        await writer
+    after = seen[-1][0] if seen else head
+    seen += await store.tail_events(EventFilter(), after, 1000)
+    assert sorted(r.id for _, r in seen) == sorted(e.id for e in [late, *batch])
 
 
 async def test_claiming_an_expired_lease_closes_the_open_attempt_as_lost(store: Store) -> None:

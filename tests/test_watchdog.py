@@ -37,7 +37,7 @@ async def test_a_blocking_task_is_named_while_it_blocks_and_its_stall_counted(
     watchdog = LoopWatchdog(threshold=0.2, interval=0.02, on_stall=stalls.append)
 
     async def culprit() -> None:
-        time.sleep(0.6)  # the blocking call under test: nothing else runs meanwhile
+        time.sleep(0.6)  # noqa: ASYNC251 (the blocking call under test)
 
     with caplog.at_level(logging.WARNING, logger="hookline.watchdog"):
         watchdog.start()
@@ -60,7 +60,7 @@ async def test_a_loop_that_keeps_turning_raises_nothing(caplog: pytest.LogCaptur
         watchdog.start()
         try:
             for _ in range(8):  # busy in short stretches, each well under the threshold
-                time.sleep(0.05)
+                time.sleep(0.05)  # noqa: ASYNC251
                 await asyncio.sleep(0.01)
         finally:
             watchdog.stop()

@@ -201,7 +201,8 @@ class Store(abc.ABC):
     async def raw_body(self, event_id: str) -> tuple[bytes, str] | None:
         """The exact bytes received for an event and their content type."""
 
-    # The live tail and dashboards.
+    # The live tail and dashboards. Positions become visible in order: once a reader has seen
+    # position N, no position below N appears later (a tail reads on from the last it sent).
 
     @abc.abstractmethod
     async def heads(self) -> tuple[int, int]:
@@ -220,10 +221,6 @@ class Store(abc.ABC):
         """Attempts that ended past position `after`, in the order they ended; `filters` apply
         to their events."""
 
-    # How far a tail looks back for rows that committed after a later position was read. A
-    # store with one writer commits in position order and needs none.
-    tail_margin: int = 0
-
     @abc.abstractmethod
     async def add_ingest_counts(self, counts: Sequence[IngestCount]) -> None:
         """Add to the per-minute counts of duplicates and rejections."""
@@ -236,7 +233,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def gauges(self) -> Gauges:
         """Deliveries waiting, leased and dead right now."""
-
 
     # Dispatch: deliveries, leases and attempts.
 

@@ -47,6 +47,8 @@ from schemas.records import (
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIGRATION_LOCK = 7_264_155_001
+# 7_264_155_002 orders inserted events (migration 0006_commit_order).
+_OUTCOMES_ORDER_LOCK = 7_264_155_003
 NOTIFY_CHANNEL = "hookline_deliveries"
 
 _EVENT_COLUMNS = (
@@ -350,10 +352,6 @@ class PostgresStore(Store):
 
     # The live tail and dashboards.
 
-    # Sequence values are taken in insert order but committed in any order by concurrent
-    # transactions: a tail re-reads this many positions behind the newest it has seen.
-    tail_margin = 256
-
     async def heads(self) -> tuple[int, int]:
         async with self._conn() as conn:
             row = await conn.fetchrow(
@@ -458,6 +456,9 @@ class PostgresStore(Store):
             [r.http_status for r in results],
         ]
         async with self._tx() as conn:
+            # Taken first, before any row lock: outcomes draw their positions (done_seq) in
+            # commit order, so a live tail never sees a lower position appear after a higher.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _OUTCOMES_ORDER_LOCK)
             rows = await conn.fetch(_FINISH_BATCH, *columns)
             await conn.execute(_REFRESH_STATUS, columns[0])
         updated = {row["id"] for row in rows}
