@@ -141,7 +141,7 @@ WITH r AS (
         AS r(delivery_id, owner, attempt, ended_at, outcome, status, next_at, error, http_status)
 ), attempt_rows AS (
     UPDATE attempts a SET ended_at = r.ended_at, outcome = r.outcome, error = r.error,
-                          http_status = r.http_status, done_seq = nextval('attempts_done_seq')
+                          http_status = r.http_status
     FROM r WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
 )
 UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_owner = NULL,
@@ -149,6 +149,13 @@ UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_ow
 FROM r WHERE d.id = r.delivery_id AND d.lease_owner = r.owner AND d.attempts = r.attempt
              AND d.status = 'running'
 RETURNING d.id
+"""
+# The last step of a finish: the attempts take their positions in the tail, under a lock held
+# from here to the commit (see finish()).
+_NUMBER_OUTCOMES = """
+UPDATE attempts a SET done_seq = nextval('attempts_done_seq')
+FROM unnest($1::text[], $2::int[]) AS r(delivery_id, attempt)
+WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
 """
 _REFRESH_STATUS = """
 UPDATE events SET status = CASE
@@ -456,11 +463,14 @@ class PostgresStore(Store):
             [r.http_status for r in results],
         ]
         async with self._tx() as conn:
-            # Taken first, before any row lock: outcomes draw their positions (done_seq) in
-            # commit order, so a live tail never sees a lower position appear after a higher.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _OUTCOMES_ORDER_LOCK)
             rows = await conn.fetch(_FINISH_BATCH, *columns)
             await conn.execute(_REFRESH_STATUS, columns[0])
+            # Outcomes draw their positions (done_seq) in commit order, so a live tail never
+            # sees a lower position appear after a higher: one finish at a time numbers its
+            # attempts and commits. The lock is taken last, so it is held only that long, and
+            # its holder only touches rows it has locked already (no deadlock).
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _OUTCOMES_ORDER_LOCK)
+            await conn.execute(_NUMBER_OUTCOMES, columns[0], columns[2])
         updated = {row["id"] for row in rows}
         return [r.delivery_id in updated for r in results]
 
