@@ -393,7 +393,22 @@ async def test_claiming_an_expired_lease_closes_the_open_attempt_as_lost(store: 
         (1, "lost", T0 + 5, T0 + 40), (2, "running", T0 + 40, None)]
 
 
-async def test_a_finished_batch_is_recorded_in_its_order_and_only_where_leased(
+async def test_two_attempts_of_one_delivery_in_one_batch_hold_only_the_current(
+    store: Store,
+) -> None:
+    from app.store.base import Finished
+
+    await store.save_events([event(1, handlers=("h",))])
+    [first] = await store.claim_due("w", T0 + 5, 30, 10)
+    [second] = await store.claim_due("w", T0 + 40, 30, 10)  # the first lease ran out
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert await store.finish([
+        Finished(first.delivery_id, "w", 1, T0 + 41, "transient", "pending", T0 + 60, "late"),
+        Finished(second.delivery_id, "w", 2, T0 + 42, "succeeded", "succeeded"),
+    ]) == [False, True]
+
+
+async def test_a_finished_batch_is_recorded_and_held_only_where_leased(
     store: Store,
 ) -> None:
     from app.store.base import Finished

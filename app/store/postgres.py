@@ -148,13 +148,14 @@ UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_ow
                         lease_expires_at = NULL, last_error = r.error, updated_at = r.ended_at
 FROM r WHERE d.id = r.delivery_id AND d.lease_owner = r.owner AND d.attempts = r.attempt
              AND d.status = 'running'
-RETURNING d.id
+RETURNING d.id, d.attempts
 """
-# The last step of a finish: the attempts take their positions in the tail, under a lock held
-# from here to the commit (see finish()).
+# The last step of a finish: the attempts take their positions in the tail, under a lock taken
+# in the same statement (before any position is drawn) and held to the commit (see finish()).
 _NUMBER_OUTCOMES = """
+WITH ordered AS (SELECT pg_advisory_xact_lock($3))
 UPDATE attempts a SET done_seq = nextval('attempts_done_seq')
-FROM unnest($1::text[], $2::int[]) AS r(delivery_id, attempt)
+FROM ordered, unnest($1::text[], $2::int[]) AS r(delivery_id, attempt)
 WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
 """
 _REFRESH_STATUS = """
@@ -469,10 +470,9 @@ class PostgresStore(Store):
             # sees a lower position appear after a higher: one finish at a time numbers its
             # attempts and commits. The lock is taken last, so it is held only that long, and
             # its holder only touches rows it has locked already (no deadlock).
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _OUTCOMES_ORDER_LOCK)
-            await conn.execute(_NUMBER_OUTCOMES, columns[0], columns[2])
-        updated = {row["id"] for row in rows}
-        return [r.delivery_id in updated for r in results]
+            await conn.execute(_NUMBER_OUTCOMES, columns[0], columns[2], _OUTCOMES_ORDER_LOCK)
+        updated = {(row["id"], row["attempts"]) for row in rows}
+        return [(r.delivery_id, r.attempt) in updated for r in results]
 
     async def release(self, owner: str, delivery_ids: Sequence[str], now: float) -> int:
         if not delivery_ids:

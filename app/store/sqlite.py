@@ -86,7 +86,7 @@ UPDATE deliveries SET status = r.status, next_attempt_at = r.next_attempt_at, le
 FROM ({_FINISHED}) AS r
 WHERE deliveries.id = r.delivery_id AND deliveries.lease_owner = r.owner
     AND deliveries.attempts = r.attempt AND deliveries.status = 'running'
-RETURNING deliveries.id
+RETURNING deliveries.id, deliveries.attempts
 """
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (id, event_id, handler, status, attempts, next_attempt_at, created_at,
@@ -456,7 +456,7 @@ class SQLiteStore(Store):
         return result
 
     async def finish(self, results: Sequence[Finished]) -> list[bool | StoreError]:
-        # The whole batch in two statements rather than two a result: each statement is a
+        # The whole batch in two statements rather than two per result: each statement is a
         # round trip to the connection's thread, taken while every other write waits.
         batch = json.dumps([
             [r.delivery_id, r.attempt, r.ended_at, r.outcome, r.error, r.http_status, r.status,
@@ -467,9 +467,9 @@ class SQLiteStore(Store):
         async def steps(conn: aiosqlite.Connection) -> list[bool | StoreError]:
             await conn.execute(_FINISH_ATTEMPTS, (batch,))
             rows = await conn.execute_fetchall(_FINISH_DELIVERIES, (batch,))
-            held = {row[0] for row in rows}
+            held = {(row[0], row[1]) for row in rows}
             await _refresh_event_status(conn, [r.delivery_id for r in results])
-            return [r.delivery_id in held for r in results]
+            return [(r.delivery_id, r.attempt) in held for r in results]
 
         outcome: list[bool | StoreError] = await self._write(steps)
         return outcome
