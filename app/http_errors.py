@@ -67,8 +67,6 @@ EXCEPTION_HANDLERS = {
 
 async def error_for(request: Request, exc: Exception) -> Response:
     """The response the app's exception handlers make of `exc` (the most specific one's)."""
-    for kind in type(exc).__mro__:
-        handler = EXCEPTION_HANDLERS.get(kind)
-        if handler is not None:
-            return await handler(request, exc)
-    return await _unexpected(request, exc)
+    handler = next(EXCEPTION_HANDLERS[kind] for kind in type(exc).__mro__
+                   if kind in EXCEPTION_HANDLERS)  # Exception is always there
+    return await handler(request, exc)

@@ -91,7 +91,7 @@ class TextFormatter(logging.Formatter):
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """Send hookline's logs to stderr in the chosen format.
 
-    Records are formatted and written by a background thread (QueueListener), so a slow
+    Records are formatted and written by a background thread (_Writer), so a slow
     terminal or pipe never holds up a request.
     """
     records: queue.SimpleQueue[Any] = queue.SimpleQueue()

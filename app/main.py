@@ -3,8 +3,9 @@
 `create_app(settings, store=None, clock=None, http=None, role="all")` builds everything from its
 arguments and loads the handlers (a bad one fails here, before anything starts). The lifespan
 opens the store, starts the intake writer, the worker, the scheduler ticks and a watchdog on the
-event loop (app.watchdog); on shutdown it stops them in the reverse order: the intake drains,
-in-flight deliveries finish or give their leases back, and only then is the store closed.
+event loop (app.watchdog); on shutdown it stops the watchdog and the ticks, then the rest: the
+intake drains, in-flight deliveries finish or give their leases back, and only then is the store
+closed.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def create_app(
         try:
             yield
         finally:
+            watchdog.stop()
             if ticks is not None:
                 ticks.shutdown(wait=False)
             await runtime.intake.stop()
@@ -172,7 +174,6 @@ def create_app(
             if owns_http:
                 await runtime.http.aclose()
             await runtime.store.close()
-            watchdog.stop()
 
     app = HooklineApp(
         receiver=role != "worker",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from types import FrameType
 
@@ -25,6 +26,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.errors import envelope
 from app.stream import Changes
+
+log = logging.getLogger("hookline.http")
 
 _BODY = json.dumps(envelope("request_timeout", "request headers were not received in time"),
                    separators=(",", ":")).encode()
@@ -67,7 +70,8 @@ class Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         await super().startup(sockets)
-        self._watch = asyncio.create_task(self._close_slow_heads(), name="hookline-heads")
+        if not self.should_exit:
+            self._watch = asyncio.create_task(self._close_slow_heads(), name="hookline-heads")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._watch is not None:
@@ -90,7 +94,10 @@ class Server(uvicorn.Server):
             for connection in list(self.server_state.connections):
                 since = getattr(connection, "head_since", None)
                 if since is not None and since < late:
-                    close_slow_head(connection)  # type: ignore[arg-type]
+                    try:
+                        close_slow_head(connection)  # type: ignore[arg-type]
+                    except Exception:  # one odd connection must not end the watch for all
+                        log.exception("closing a connection with a late request head failed")
 
 
 def close_slow_head(connection: Protocol) -> None:

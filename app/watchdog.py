@@ -21,6 +21,8 @@ log = logging.getLogger("hookline.watchdog")
 
 
 class LoopWatchdog:
+    """Watches one event loop from a thread of its own; `on_stall` gets each stall's length."""
+
     def __init__(
         self,
         threshold: float = 1.0,
@@ -47,6 +49,7 @@ class LoopWatchdog:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the heartbeat and the thread (from the loop's own thread)."""
         self._stopping.set()
         if self._beat is not None:
             self._beat.cancel()
@@ -74,6 +77,8 @@ class LoopWatchdog:
             if late <= self.threshold + self.interval or self._stalled_since is not None:
                 continue
             task = asyncio.current_task(self._loop)
+            if self._beat_at != beat_at:  # the loop turned meanwhile: not the task to blame
+                continue
             self._held_by = f"task {task.get_name()!r}" if task is not None else "a callback"
             self._stalled_since = beat_at + self.interval
             log.warning(

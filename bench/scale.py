@@ -75,7 +75,8 @@ async def drain(config: Path, workers: int, expected: int, udp_port: int) -> flo
     loop = asyncio.get_running_loop()
     transport, reports = await loop.create_datagram_endpoint(
         Reports, local_addr=("127.0.0.1", udp_port))
-    # Bursts of reports from several workers must not overflow the default socket buffer.
+    # Bursts of reports from several workers must not overflow the socket buffer: ask for 8 MiB
+    # (Linux grants up to net.core.rmem_max; a drain short of reports says so below).
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
     env = {"PYTHONPATH": str(Path(__file__).parent)}
     with ExitStack() as stack:

