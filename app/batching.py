@@ -44,6 +44,10 @@ class Batcher(Generic[T, R]):
         return self._queue.qsize()
 
     @property
+    def full(self) -> bool:
+        return self._queue.full()
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 

@@ -77,6 +77,8 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
         raise RateLimited(headers={"Retry-After": str(max(1, math.ceil(wait)))})
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     _check_content_type(headers.get("content-type", ""))
+    if runtime.intake.full:  # shed load before reading, verifying and parsing the body
+        raise runtime.intake.unavailable()
     body = await _read_body(receive, headers, source.max_body_bytes, runtime.settings.server)
 
     raw_query = scope["query_string"].decode("latin-1")

@@ -38,6 +38,14 @@ class Intake:
         return self._batcher.depth
 
     @property
+    def full(self) -> bool:
+        """Whether an event submitted now would be refused for want of room. Checked before a
+        request's body is read and parsed, so that under overload a refusal costs next to
+        nothing; `submit` still decides."""
+        return self._batcher.full or (
+            self.max_bytes is not None and self._bytes >= self.max_bytes)
+
+    @property
     def queued_bytes(self) -> int:
         """Body bytes of the events submitted and not yet answered."""
         return self._bytes
@@ -58,14 +66,14 @@ class Intake:
         # An event always gets in when nothing waits, so a body over the byte bound on its own
         # is not refused for good.
         if self.max_bytes is not None and self._bytes and self._bytes + size > self.max_bytes:
-            raise self._unavailable("intake queue is full; retry later")
+            raise self.unavailable()
         self._bytes += size
         try:
             saved = await self._batcher.submit(event)
         except QueueFull:
-            raise self._unavailable("intake queue is full; retry later") from None
+            raise self.unavailable() from None
         except (StoreError, NotRunning):
-            raise self._unavailable("event store is unavailable") from None
+            raise self.unavailable("event store is unavailable") from None
         finally:
             self._bytes -= size
         if not saved.duplicate:
@@ -73,5 +81,5 @@ class Intake:
                 callback(event)
         return saved
 
-    def _unavailable(self, message: str) -> StoreUnavailable:
+    def unavailable(self, message: str = "intake queue is full; retry later") -> StoreUnavailable:
         return StoreUnavailable(message, headers={"Retry-After": str(self.retry_after)})

@@ -72,7 +72,12 @@ async def test_full_intake_answers_503_and_nothing_grows(tmp_path: Any, clock: F
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "store_unavailable"
             assert "Retry-After" in refused.headers
+            # While the queue is full, a request is refused before its body is read: even one
+            # whose body would be refused later (here, an unsigned one) costs no parsing.
+            shed = await client.post("/webhooks/partner", content=b"{not json",
+                                     headers={"content-type": "application/json"})
             store.gate.set()
+            assert shed.status_code == 503 and "Retry-After" in shed.headers
             done = await asyncio.gather(first, *queued)
             assert [r.status_code for r in done] == [202, 202, 202]
             ids = [item["upstream_id"] for item in (await client.get("/api/events")).json()["items"]]
