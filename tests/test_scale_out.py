@@ -210,3 +210,21 @@ async def test_outcomes_wait_for_each_other_so_positions_commit_in_order(schema_
     finally:
         await holder.close()
         await store.close()
+
+
+async def test_a_session_idle_in_a_transaction_is_ended_by_the_server(schema_url: str) -> None:
+    """A frozen process cannot hold its locks, and the others with them, for longer than this."""
+    from app.store import store_from_url
+    from app.store.postgres import IDLE_IN_TRANSACTION_MS
+
+    store = store_from_url(schema_url)
+    await store.open()
+    try:
+        async with store._conn() as conn:  # type: ignore[attr-defined]
+            shown = await conn.fetchval("SELECT setting FROM pg_settings "  # in ms
+                                        "WHERE name = 'idle_in_transaction_session_timeout'")
+            search_path = await conn.fetchval("SHOW search_path")
+    finally:
+        await store.close()
+    assert shown == IDLE_IN_TRANSACTION_MS
+    assert search_path.startswith("t_")  # the URL's own settings still apply

@@ -47,6 +47,7 @@ from schemas.records import (
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIGRATION_LOCK = 7_264_155_001
+IDLE_IN_TRANSACTION_MS = "60000"
 # 7_264_155_002 orders inserted events (migration 0006_commit_order).
 _OUTCOMES_ORDER_LOCK = 7_264_155_003
 NOTIFY_CHANNEL = "hookline_deliveries"
@@ -198,6 +199,9 @@ class PostgresStore(Store):
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=self.min_size, max_size=self.max_size,
                 init=_init_connection, command_timeout=30,
+                # A process frozen in a transaction (stopped, partitioned) must not hold row and
+                # ordering locks, and with them every other receiver and worker, for long.
+                server_settings={"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS},
             )
             await self.migrate()
         except _ERRORS as exc:
