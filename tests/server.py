@@ -25,14 +25,23 @@ def free_port() -> int:
 class ServerProcess:
     """A running server; its stderr is collected line by line as it is written."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        """`hookline serve --port <free> ARGS`, or `command + ARGS` with the port passed as
+        HOOKLINE_SERVER__PORT, as a deployment passes it."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.lines: list[str] = []
         self._ready = threading.Event()
+        if command is None:
+            argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *args]
+        else:
+            argv = [*command, *args]
+            env = {**(env or {}), "HOOKLINE_SERVER__PORT": str(self.port)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *args],
-            cwd=cwd, env={**os.environ, **(env or {})},
+            argv, cwd=cwd, env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self._reader = threading.Thread(target=self._drain, daemon=True)
@@ -67,9 +76,10 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None
+    args: list[str], cwd: Path, env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> Iterator[ServerProcess]:
-    server = ServerProcess(args, cwd, env)
+    server = ServerProcess(args, cwd, env, command)
     try:
         server.wait_ready()
         yield server
