@@ -301,6 +301,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _backup(url: str, target: str) -> None:
+    store = store_from_url(url)
+    await store.open()
+    try:
+        await store.backup(target)
+    finally:
+        await store.close()
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    try:
+        asyncio.run(_backup(settings.storage.url, args.file))
+    except StoreError as exc:
+        print(f"backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {settings.storage.url} to {args.file}")
+    return 0
+
+
 async def _entity(settings: Settings, kind: str, entity_id: str) -> dict[str, Any] | None:
     from app.tracking import entity_state
 
@@ -421,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--config")
     prune.add_argument("--older-than", type=float, help="days (default: retention_days)")
     prune.set_defaults(func=cmd_prune)
+
+    backup = verbs.add_parser("backup", help="copy a SQLite store to a new file while it runs")
+    backup.add_argument("file", help="the copy to write (must not exist)")
+    backup.add_argument("--config")
+    backup.set_defaults(func=cmd_backup)
 
     schemas = verbs.add_parser("schemas", help="JSON Schemas of every event type")
     schemas_verbs = schemas.add_subparsers(dest="schemas_verb", required=True)

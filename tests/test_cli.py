@@ -125,3 +125,18 @@ def test_events_list_uses_the_api_filters(tmp_path: Path) -> None:
     assert json.loads(none.stdout)["items"] == []
     table = hookline("events", "list", "--config", str(config), "--limit", "1", cwd=tmp_path)
     assert ids[-1] in table.stdout and "more: --cursor" in table.stderr
+
+
+def test_backup_copies_a_sqlite_store_into_a_new_file_and_never_overwrites(tmp_path: Path) -> None:
+    import sqlite3
+
+    config, ids = _seed(tmp_path)
+    copy = tmp_path / "copy.db"
+    done = hookline("backup", str(copy), "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(copy) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM events")}
+    assert stored == set(ids)
+    again = hookline("backup", str(copy), "--config", str(config), cwd=tmp_path)
+    assert again.returncode == 1
+    assert "exists already" in again.stderr and "Traceback" not in again.stderr

@@ -172,6 +172,10 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreError unless the store answers."""
 
+    async def backup(self, target: str) -> None:
+        """Copy the whole store, consistent as of one moment, to a new file at `target`."""
+        raise StoreError("only a SQLite store is copied to a file; back PostgreSQL up with pg_dump")
+
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process adds deliveries. A store used by one process
         (SQLite) has nothing to listen to: the in-process wake-up covers it."""

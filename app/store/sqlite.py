@@ -182,6 +182,19 @@ class SQLiteStore(Store):
             applied.append(version)
         return applied
 
+    async def backup(self, target: str) -> None:
+        """SQLite's online backup: a consistent copy while the server goes on writing."""
+        if os.path.exists(target):
+            raise StoreError(f"{target} exists already: a backup is written to a new file")
+        copy = sqlite3.connect(target, check_same_thread=False)
+        try:
+            async with self._tx:
+                await self.writer.backup(copy)
+        except _SQLITE_ERRORS as exc:
+            raise StoreError(f"backup to {target} failed: {exc}") from exc
+        finally:
+            copy.close()
+
     async def ping(self) -> None:
         self._check_file()
         try:
