@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -51,11 +53,22 @@ def register_builtin(name: str, target: str) -> None:
     BUILTINS[name] = target
 
 
+def _import_from_cwd_first(module_name: str) -> Any:
+    """Import a module with the working directory first on the path, as uvicorn does: the
+    `hookline` script's own directory is on the path, the one it runs from is not."""
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(cwd)
+
+
 def _import(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{target!r} is not of the form 'module:attr'")
-    module = importlib.import_module(module_name)
+    module = _import_from_cwd_first(module_name)
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part)

@@ -128,3 +128,24 @@ def test_entry_point_clashing_with_a_builtin_is_reported(clash_installed: None) 
 
 def test_builtin_resolves_without_a_clashing_plugin(echo_installed: None) -> None:
     assert resolve("log") is LogHandler
+
+
+def test_a_module_attr_handler_is_found_in_the_directory_hookline_runs_from(tmp_path: Path) -> None:
+    """The console script's own directory is on sys.path, the working directory is not: a plugin
+    beside the config must still load, as `uvicorn my_app:app` finds my_app."""
+    (tmp_path / "my_ticket_plugin.py").write_text(
+        "class Ticket:\n"
+        "    name = \"ticket\"\n"
+        "    async def handle(self, event, ctx):\n"
+        "        return None\n"
+    )
+    config = tmp_path / "hookline.toml"
+    config.write_text(
+        '[handlers.ticket]\nuse = "my_ticket_plugin:Ticket"\n'
+        '[[routes]]\nmatch = "*"\nhandler = "ticket"\n'
+    )
+    script = Path(sys.executable).parent / "hookline"
+    checked = subprocess.run([str(script), "check-config", str(config)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "my_ticket_plugin" not in sys.modules  # the test process never imported it
