@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import sys
 import time
@@ -68,13 +69,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"server": server})
     configure_logging(args.log_format or server.log_format)
     if args.config is None:
-        print(
-            f"hookline: no --config given; demo source 'demo' (Standard Webhooks) with secret "
-            f"{settings.sources['demo'].auth.secrets[0].get_secret_value()}\n"
-            f"          kept in {DEMO_SECRET_FILE.resolve()}; try: hookline send demo "
-            "tests/samples/standard/file.processing_failed.json",
-            file=sys.stderr,
-            flush=True,
+        # The one secret ever written to the log: the demo's, so a first run can sign with it.
+        logging.getLogger("hookline").info(
+            "no --config given; demo source 'demo' (Standard Webhooks) with secret %s, kept in "
+            "%s; try: hookline send demo tests/samples/standard/file.processing_failed.json",
+            settings.sources["demo"].auth.secrets[0].get_secret_value(),
+            DEMO_SECRET_FILE.resolve(),
         )
     app = create_app(settings, role=args.role)
     # Everything built so far lives as long as the process: keep it out of the cyclic

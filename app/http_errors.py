@@ -26,6 +26,13 @@ _HTTP_CODES = {
 }
 
 
+def _note(request: Request, code: str) -> None:
+    # The access log line of a refused request carries the refusal's code.
+    log_fields = request.scope.get("state", {}).get("log")
+    if log_fields is not None:
+        log_fields["error"] = code
+
+
 def error_response(error: HooklineError) -> JSONResponse:
     """Render a HooklineError as the JSON error envelope."""
     body = envelope(error.code, error.message, error.details)
@@ -34,6 +41,7 @@ def error_response(error: HooklineError) -> JSONResponse:
 
 async def _hookline_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HooklineError)
+    _note(request, exc.code)
     return error_response(exc)
 
 
@@ -41,12 +49,14 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     # Any read or write the store could not do: the client may try again shortly.
     log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
     retry_after = request.app.state.runtime.settings.server.retry_after_seconds
+    _note(request, StoreUnavailable.code)
     return error_response(StoreUnavailable(headers={"Retry-After": str(retry_after)}))
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
+    _note(request, code)
     return JSONResponse(
         envelope(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
     )
@@ -54,6 +64,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    _note(request, "internal_error")
     return JSONResponse(envelope("internal_error", "internal error"), status_code=500)
 
 

@@ -23,7 +23,9 @@ from app.auth import redact_query
 
 access_log = logging.getLogger("hookline.access")
 
-_ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "source", "type", "event_id")
+_ACCESS_FIELDS = (
+    "method", "path", "status", "duration_ms", "source", "type", "event_id", "error",
+)
 
 
 # Built once: json.dumps with options builds a new encoder on every call.
@@ -112,6 +114,8 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     # (a Slack incoming-webhook path, a token in a query string).
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # APScheduler logs every tick of every job at INFO: most of a worker's log, saying nothing.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 _STOP = object()

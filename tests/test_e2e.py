@@ -101,3 +101,23 @@ def test_live_tail_over_tcp_and_a_stop_that_does_not_wait_for_it(tmp_path: Path)
         server.proc.terminate()
         assert server.proc.wait(timeout=5) in (0, -signal.SIGTERM)
         assert list(lines)[-1:] in ([], [""])
+
+
+def test_json_mode_writes_only_json_lines_and_rejections_carry_their_code(tmp_path: Path) -> None:
+    sample = SAMPLES / "standard" / "file.processing_failed.json"
+    with running_server(["--log-format", "json"], cwd=tmp_path) as server:
+        secret = (tmp_path / "hookline-demo.secret").read_text().strip()
+        unsigned = httpx.post(f"{server.url}/webhooks/demo", content=sample.read_bytes(),
+                              headers={"content-type": "application/json"}, timeout=5)
+        assert unsigned.status_code == 401
+        unknown = httpx.post(f"{server.url}/webhooks/nobody", content=b"{}",
+                             headers={"content-type": "application/json"}, timeout=5)
+        assert unknown.status_code == 404
+    lines = [json.loads(line) for line in server.output.splitlines() if line.strip()]
+    assert any(secret in line["message"] for line in lines)  # the demo banner, as JSON too
+    access = [line for line in lines if line["logger"] == "hookline.access"]
+    assert [(line["status"], line["error"]) for line in access] == [
+        (401, "unauthorized"), (404, "unknown_source"),
+    ]
+    # The scheduler's per-job chatter stays below the log's level.
+    assert not [line for line in lines if line["logger"].startswith("apscheduler")]
