@@ -2,14 +2,16 @@
 
 `create_app(settings, store=None, clock=None, http=None, role="all")` builds everything from its
 arguments and loads the handlers (a bad one fails here, before anything starts). The lifespan
-opens the store, starts the intake writer, the worker, the scheduler ticks and a watchdog on the
-event loop (app.watchdog); on shutdown it stops the watchdog and the ticks, then the rest: the
-intake drains, in-flight deliveries finish or give their leases back, and only then is the store
-closed.
+starts the intake writer, opens the store (or keeps trying in the background while the process
+answers 503: app.startup), then starts the worker, the scheduler ticks and a watchdog on the
+event loop (app.watchdog), all on one exit stack. Shutdown runs it in reverse: the watchdog and
+the ticks stop, in-flight deliveries finish or give their leases back, the intake drains, and
+only then is the store closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -31,6 +33,7 @@ from app.logs import AccessLogMiddleware
 from app.metrics import metrics_endpoint
 from app.runtime import Role, Runtime, default_http
 from app.scheduler import Maintenance, start_scheduler
+from app.startup import open_store
 from app.store import Store, StoreError, store_from_url
 from app.watchdog import LoopWatchdog
 from app.worker import WorkerSettings
@@ -119,6 +122,42 @@ def _webhook_source(path: str) -> str | None:
     return None
 
 
+async def _start_components(
+    runtime: Runtime, settings: Settings, role: Role, stack: contextlib.AsyncExitStack
+) -> None:
+    """Start the worker, its wake-ups and the scheduler's ticks on an open store."""
+    worker = runtime.worker if runtime.worker_settings.background else None  # type: ignore[union-attr]
+    if worker is not None:
+        worker.start()
+        stack.push_async_callback(worker.stop)
+        await runtime.store.listen(runtime.wake_worker)
+    receiver = role != "worker"
+    maintenance = Maintenance(
+        runtime.store, runtime.clock, runtime.worker, settings.retention_days,
+        settings.sources, runtime.recorder, runtime.tally if receiver else None,
+    )
+    stack.push_async_callback(maintenance.flush_counts)
+    if worker is not None or receiver:
+        ticks = start_scheduler(
+            maintenance, worker_ticks=worker is not None,
+            sweep_seconds=runtime.worker_settings.sweep_seconds,  # type: ignore[union-attr]
+        )
+        stack.callback(ticks.shutdown, wait=False)
+
+
+async def _open_then_start(
+    runtime: Runtime, settings: Settings, role: Role, stack: contextlib.AsyncExitStack
+) -> None:
+    await open_store(runtime.store)
+    await _start_components(runtime, settings, role, stack)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(
     settings: Settings,
     store: Store | None = None,
@@ -140,40 +179,30 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await runtime.store.open()
-        runtime.intake.start()
-        background = runtime.worker is not None and runtime.worker.settings.background
-        if background:
-            runtime.worker.start()  # type: ignore[union-attr]
-            await runtime.store.listen(runtime.wake_worker)
-        receiver = role != "worker"
-        maintenance = Maintenance(
-            runtime.store, runtime.clock, runtime.worker, settings.retention_days,
-            settings.sources, runtime.recorder, runtime.tally if receiver else None,
-        )
-        ticks = None
-        if background or receiver:
-            ticks = start_scheduler(
-                maintenance, worker_ticks=background,
-                sweep_seconds=runtime.worker_settings.sweep_seconds,  # type: ignore[union-attr]
-            )
-        if not settings.api.tokens and settings.server.on_loopback:
-            log.warning("no [[api.tokens]] configured: the read API is open on loopback")
-        watchdog = LoopWatchdog(on_stall=runtime.metrics.loop_blocked.inc)
-        watchdog.start()
-        try:
-            yield
-        finally:
-            watchdog.stop()
-            if ticks is not None:
-                ticks.shutdown(wait=False)
-            await runtime.intake.stop()
-            await maintenance.flush_counts()
-            if runtime.worker is not None:
-                await runtime.worker.stop()
+        # Components start in order and stop in reverse, from one exit stack: a failure part-way
+        # through start stops what had started.
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(runtime.store.close)
             if owns_http:
-                await runtime.http.aclose()
-            await runtime.store.close()
+                stack.push_async_callback(runtime.http.aclose)
+            runtime.intake.start()
+            stack.push_async_callback(runtime.intake.stop)
+            try:
+                await runtime.store.open()
+            except StoreError as exc:
+                # Serve meanwhile: health checks answer, webhooks and reads get 503.
+                log.warning("store unreachable at start: %s; serving 503 until it opens", exc)
+                opening = asyncio.create_task(
+                    _open_then_start(runtime, settings, role, stack), name="open store")
+                stack.push_async_callback(_cancel, opening)
+            else:
+                await _start_components(runtime, settings, role, stack)
+            if not settings.api.tokens and settings.server.on_loopback:
+                log.warning("no [[api.tokens]] configured: the read API is open on loopback")
+            watchdog = LoopWatchdog(on_stall=runtime.metrics.loop_blocked.inc)
+            watchdog.start()
+            stack.callback(watchdog.stop)
+            yield
 
     app = HooklineApp(
         receiver=role != "worker",
