@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ STORE_ID = "st_42"
 TOKEN = "tok-s3cret-value"
 ALFRED_JOB = "4f1c2b7e-8d3a-4c59-9e61-2a7b5d0c9f13"
 FC_JOB = "job_01HV3K9Q2T7W8X4YB6N0CZ5D1E"
+CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 
 DCYCLE = {"token": TOKEN, "organization_id": ORG_ID}
 AITRONOS = {"token": TOKEN, "organization_id": ORG_ID, "store_id": STORE_ID}
@@ -426,9 +428,9 @@ def filecheck_event(payload: dict[str, Any] | None = None) -> EventRecord:
 
 async def test_filecheck_resubmits_the_errored_task_tagged(rig: Rig) -> None:
     body = {
-        "sources": ["s3://fc-uploads/cus_8841/inner.pdf"], "ruleId": "rule_print_a4_cmyk",
-        "policy": {"onFail": "manual_review"}, "customerId": "cus_8841",
-        "orderId": "ORD-2024-11873", "channel": "api",
+        "sources": [{"fileRef": "cus_8841/inner.pdf", "steps": [{"type": "preflight"}]}],
+        "ruleId": "rule_print_a4_cmyk", "policy": {"onFail": "manual_review"},
+        "customerId": "cus_8841", "orderId": "ORD-2024-11873", "channel": "api",
         "metaData": {"shop": "printhaus-de", "attempt": 1,
                      "hookline_original_job_id": FC_JOB, "hookline_attempt": 1},
     }
@@ -440,6 +442,113 @@ async def test_filecheck_resubmits_the_errored_task_tagged(rig: Rig) -> None:
     assert len(platform.seen) == 1
     assert rig.upstream.budgets == {f"filecheck:job:{FC_JOB}": 1}
     assert rig.upstream.marks == {f"filecheck:resubmit:{FC_JOB}"}
+
+
+def corpus_job(**changes: Any) -> dict[str, Any]:
+    """Filecheck's own job.completed fixture (tasks with `source: null` and a `fileRef`)."""
+    job: dict[str, Any] = json.loads((CORPUS / "filecheck/webhook.job-completed.json").read_text())
+    job.update(changes)
+    return job
+
+
+def errored_corpus_job(**changes: Any) -> dict[str, Any]:
+    """The fixture as it would come had its only task failed to process."""
+    job = corpus_job(**{"status": "error", "outcome": None, **changes})
+    task = job["tasks"][0]
+    task.update(status="error", outcome=None)
+    task["steps"][1].update(status="error", outcome=None, reason="Renderer crashed")
+    return job
+
+
+CORPUS_JOB = "job_01jf8n2q4vxw9k3m5p7r9t1v3x"
+CORPUS_RESUBMISSION = {
+    "sources": [{"fileRef": "upload_01jf8n2p3uvw8j2l4n6p8r0t2v",
+                 "steps": [{"type": "preflight"}, {"type": "autofix"}]}],
+    "ruleId": "rule_business_cards", "customerId": "cust_301", "orderId": "order_5512",
+    "channel": "store", "policy": {"onFail": "reject"},
+    "metaData": {"cartId": "cart_88112", "hookline_original_job_id": CORPUS_JOB,
+                 "hookline_attempt": 1},
+}
+
+
+async def test_filecheck_resubmits_its_own_fixture_as_create_job_params(rig: Rig) -> None:
+    options = {**FILECHECK, "webhook": {
+        "url": "https://hooks.example/webhooks/filecheck", "headers": {"x-hook-token": "fc-t"}}}
+    body = {**CORPUS_RESUBMISSION, "webhook": {
+        "url": "https://hooks.example/webhooks/filecheck", "headers": {"x-hook-token": "fc-t"}}}
+    platform = Platform(expect("POST", "https://api.filecheck.io/jobs", {
+        "authorization": "Bearer sk_live_123", "content-type": "application/json"},
+        body, 201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(errored_corpus_job()),
+                                     rig.ctx(FilecheckResubmit, options, platform))
+    assert len(platform.seen) == 1
+    assert rig.upstream.marks == {f"filecheck:resubmit:{CORPUS_JOB}"}
+
+
+async def test_filecheck_step_params_are_kept_and_run_details_dropped(rig: Rig) -> None:
+    job = errored_corpus_job()
+    job["tasks"][0]["steps"][0].update(params={"profileId": "default"}, runtimeParams=None,
+                                       started="2026-07-29T10:15:05.000Z", duration=7000)
+    job["tasks"][0]["steps"][1]["params"] = None
+    platform = Platform(answer(201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(job),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    [source] = json.loads(platform.seen[0].content)["sources"]
+    assert source["steps"] == [{"type": "preflight", "params": {"profileId": "default"}},
+                               {"type": "autofix"}]
+
+
+async def test_filecheck_fixture_as_delivered_is_not_resubmitted(rig: Rig) -> None:
+    platform = Platform(answer(201, {"job": {}}))
+    await FilecheckResubmit().handle(filecheck_event(corpus_job()),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    assert platform.seen == [] and rig.upstream.marks == set()
+
+
+async def test_filecheck_task_rejected_by_policy_stays_out_of_the_resubmission(rig: Rig) -> None:
+    job = errored_corpus_job(outcome="mixed")
+    rejected = json.loads(json.dumps(job["tasks"][0]))
+    rejected.update(id="task_rejected", status="done", outcome="fail", fileRef="upload_rejected")
+    job["tasks"].append(rejected)
+    platform = Platform(answer(201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(job),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    sent = json.loads(platform.seen[0].content)
+    assert [s["fileRef"] for s in sent["sources"]] == ["upload_01jf8n2p3uvw8j2l4n6p8r0t2v"]
+
+
+@pytest.mark.parametrize(("locators", "sent"), [
+    ({"url": "https://files.example/a.pdf", "fileRef": "upload_1", "source": "s3://b/a.pdf"},
+     {"url": "https://files.example/a.pdf"}),
+    ({"fileRef": None, "source": "s3://b/a.pdf"}, {"source": "s3://b/a.pdf"}),
+    ({"fileRef": "upload_1", "source": None}, {"fileRef": "upload_1"}),
+])
+async def test_filecheck_sends_exactly_one_locator_per_source(
+    rig: Rig, locators: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    job = errored_corpus_job()
+    job["tasks"][0].update(locators)
+    platform = Platform(answer(201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(job),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    [source] = json.loads(platform.seen[0].content)["sources"]
+    assert source == {**sent, "steps": [{"type": "preflight"}, {"type": "autofix"}]}
+
+
+@pytest.mark.parametrize(("task", "reason"), [
+    ({"fileRef": None, "source": None}, "has none of url, fileRef, source"),
+    ({"steps": []}, "has 0 steps"),
+])
+async def test_filecheck_task_that_cannot_be_resubmitted_burns_no_mark(
+    rig: Rig, task: dict[str, Any], reason: str
+) -> None:
+    job = errored_corpus_job()
+    job["tasks"][0].update(task)
+    platform = Platform(answer(201, {"job": {}}))
+    with pytest.raises(Permanent, match=reason):
+        await FilecheckResubmit().handle(filecheck_event(job),
+                                         rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    assert platform.seen == [] and rig.upstream.marks == set() and rig.upstream.budgets == {}
 
 
 async def test_filecheck_rejected_by_policy_is_never_resubmitted(rig: Rig) -> None:
@@ -480,8 +589,9 @@ async def test_filecheck_resubmission_chain_shares_the_root_budget(rig: Rig) -> 
     ctx = rig.ctx(FilecheckResubmit, {**FILECHECK, "channel": "admin"}, platform)
     await FilecheckResubmit().handle(filecheck_event(job), ctx)
     sent = json.loads(platform.seen[0].content)
-    assert sent["sources"] == ["s3://fc-uploads/cus_8841/cover.pdf",
-                               "s3://fc-uploads/cus_8841/inner.pdf"]
+    assert sent["sources"] == [
+        {"fileRef": "cus_8841/cover.pdf", "steps": [{"type": "preflight"}]},
+        {"fileRef": "cus_8841/inner.pdf", "steps": [{"type": "preflight"}]}]
     assert sent["channel"] == "admin"
     assert sent["metaData"] == {"hookline_original_job_id": FC_JOB, "hookline_attempt": 2}
     assert rig.upstream.budgets == {f"filecheck:job:{FC_JOB}": 2}
