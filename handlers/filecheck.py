@@ -128,8 +128,11 @@ def job_fields(job: Mapping[str, Any], options: FilecheckOptions) -> dict[str, A
     if on_fail(job) is not None:
         fields["policy"] = {"onFail": on_fail(job)}
     if options.webhook is not None:
-        headers = {k: v.get_secret_value() for k, v in options.webhook.headers.items()}
-        fields["webhook"] = {"url": options.webhook.url, **({"headers": headers} if headers else {})}
+        webhook: dict[str, Any] = {"url": options.webhook.url}
+        if options.webhook.headers:
+            webhook["headers"] = {name: value.get_secret_value()
+                                  for name, value in options.webhook.headers.items()}
+        fields["webhook"] = webhook
     return fields
 
 

@@ -634,7 +634,12 @@ async def test_alfred_job_still_retrying_is_left_to_alfred(rig: Rig) -> None:
     assert rig.upstream.budgets == {}
 
 
-async def test_alfred_failed_job_is_resubmitted_with_earlier_file_urls(rig: Rig) -> None:
+ALFRED_UPLOAD = "https://app.tagshelf.com/api/file/upload"
+ALFRED_HEADERS: dict[str, str | None] = {
+    "x-tagshelfapi-key": "alfred-key-1", "content-type": "application/json"}
+
+
+async def test_alfred_failed_job_is_uploaded_again_with_earlier_file_urls(rig: Rig) -> None:
     urls = ["https://example.com/files/acme-0312.pdf", "https://example.com/files/acme-0313.pdf"]
     rig.upstream.related = [
         alfred_event("alfred/alfred.job.create.json", "evt_create"),
@@ -643,23 +648,112 @@ async def test_alfred_failed_job_is_resubmitted_with_earlier_file_urls(rig: Rig)
         alfred_event("alfred/alfred.job.start.json", "evt_start", job_id=ALFRED_JOB),
     ]
     body = {"urls": urls, "merge": True, "metadata": {"batch": "2024-03-14"}}
-    platform = Platform(expect("POST", "https://app.tagshelf.com/api/job/create",
-                               {"x-tagshelfapi-key": "alfred-key-1"}, body, 200, {"job_id": "n"}))
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body, 200,
+                               {"file_id": "n"}))
     failed = alfred_event("alfred/alfred.job.failed.json", "evt_failed")
     await AlfredResubmit().handle(failed, rig.ctx(AlfredResubmit, ALFRED, platform))
     assert len(platform.seen) == 1
     assert rig.upstream.budgets == {f"alfred:job:{ALFRED_JOB}": 1}
 
 
+async def test_alfred_object_metadata_of_separate_files_is_propagated(rig: Rig) -> None:
+    body = {"urls": ["https://example.com/files/acme-0311.pdf",
+                     "https://example.com/files/acme-0312.pdf",
+                     "https://example.com/files/acme-0313.pdf"],
+            "merge": False, "metadata": {"source": "sftp", "batch": "2024-03-14"},
+            "propagate_metadata": True}
+    rig.upstream.related = [alfred_event("alfred/alfred.job.create.json", "evt_create")]
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body))
+    failed = alfred_event("alfred/alfred.job.failed.json", "evt_failed")
+    await AlfredResubmit().handle(failed, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert len(platform.seen) == 1
+
+
 async def test_alfred_exceeded_retry_uses_its_own_urls(rig: Rig) -> None:
     event = alfred_event("alfred/alfred.job.retry.json", "evt_x", exceeded_retries="true")
     body = {"urls": ["https://example.com/files/data1.xlsx",
-                     "https://example.com/files/data2.xlsx"],
-            "merge": False, "metadata": "Reprocessing after system update"}
-    platform = Platform(expect("POST", "https://app.tagshelf.com/api/job/create",
-                               {"x-tagshelfapi-key": "alfred-key-1"}, body))
+                     "https://example.com/files/data2.xlsx"], "merge": False}
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body))
     await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
     assert len(platform.seen) == 1
+
+
+def alfred_corpus(spelling: str, name: str, **changes: Any) -> EventRecord:
+    """One of the Alfred events in the shared corpus, in the docs' or an SDK's spelling."""
+    payload = json.loads((CORPUS / "alfred" / spelling / f"{name}.json").read_text())
+    payload["event"].update(changes)
+    return record("alfred", payload, f"{spelling}-{name}")
+
+
+SPELLINGS = ["docs", "python_sdk", "node_sdk"]
+CORPUS_URLS = ["https://storage.example.com/documents/invoice-001.pdf",
+               "https://storage.example.com/documents/invoice-002.pdf"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+async def test_alfred_corpus_exceeded_retries_is_uploaded_with_real_values(
+    rig: Rig, spelling: str
+) -> None:
+    # merge arrives as "false" or false; the text metadata is no JSON the upload takes
+    body = {"urls": CORPUS_URLS, "merge": False}
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body, 200,
+                               {"file_id": "f-new"}))
+    event = alfred_corpus(spelling, "job_exceeded_retries")
+    assert event.type == "alfred.job.exceeded_retries"
+    await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert len(platform.seen) == 1
+    assert rig.upstream.budgets == {"alfred:job:12345678-1234-1234-1234-123456789abc": 1}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+async def test_alfred_corpus_retry_is_left_to_alfred(rig: Rig, spelling: str) -> None:
+    platform = Platform(answer(200, {}))
+    event = alfred_corpus(spelling, "job_retry")
+    assert event.type == "alfred.job.retry"
+    await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert platform.seen == [] and rig.upstream.budgets == {}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+async def test_alfred_corpus_failed_job_takes_the_create_events_files(
+    rig: Rig, spelling: str
+) -> None:
+    failed = alfred_corpus(spelling, "job_failed")
+    job_id = failed.payload["event"]["job_id"]
+    rig.upstream.related = [alfred_corpus(spelling, "job_create", job_id=job_id,
+                                          metadata='{"quarter": "Q2"}')]
+    # the create event merged its files ("merge": "true"), so the metadata is one object
+    body = {"urls": CORPUS_URLS, "merge": True, "metadata": {"quarter": "Q2"}}
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body))
+    await AlfredResubmit().handle(failed, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert len(platform.seen) == 1
+    assert rig.upstream.budgets == {f"alfred:job:{job_id}": 1}
+
+
+@pytest.mark.parametrize(("metadata", "merge", "sent"), [
+    ('[{"n": 1}, {"n": 2}]', "false", {"metadata": [{"n": 1}, {"n": 2}]}),
+    ('[{"n": 1}]', "false", {}),  # not one object per URL
+    ('[{"n": 1}, {"n": 2}]', "true", {}),  # a merged file takes one object
+    ("{'DocumentType': 'Invoice'}", "false", {}),  # not JSON
+    ({"k": "v"}, False, {"metadata": {"k": "v"}, "propagate_metadata": True}),
+])
+async def test_alfred_metadata_goes_only_in_a_shape_the_upload_takes(
+    rig: Rig, metadata: Any, merge: Any, sent: dict[str, Any]
+) -> None:
+    event = alfred_corpus("docs", "job_exceeded_retries", metadata=metadata, merge=merge)
+    platform = Platform(answer(200, {"file_id": "f-new"}))
+    await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert json.loads(platform.seen[0].content) == {
+        "urls": CORPUS_URLS, "merge": merge in ("true", True), **sent}
+
+
+async def test_alfred_more_urls_than_one_upload_takes_is_permanent(rig: Rig) -> None:
+    urls = [f"https://storage.example.com/documents/{n}.pdf" for n in range(101)]
+    event = alfred_corpus("docs", "job_exceeded_retries", file_urls=urls)
+    platform = Platform(answer(200, {}))
+    with pytest.raises(Permanent, match="101 file URLs"):
+        await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert platform.seen == [] and rig.upstream.budgets == {}
 
 
 async def test_alfred_without_known_file_urls_is_permanent(rig: Rig) -> None:
