@@ -165,6 +165,26 @@ async def test_aitronos_file_not_in_store_is_dead_at_once(tmp_path: Path, clock:
         assert await runtime.worker.run_polls_once() == 0  # nothing to poll
 
 
+async def test_aitronos_traversal_in_the_payload_never_reaches_the_platform(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    platform = FakePlatform(lambda r: httpx.Response(200, json={"status": "pending"}))
+    app = await started(tmp_path, clock, platform, [{"match": "*", "handler": "ai"}],
+                        {"ai": {"use": "aitronos_retry", "options": {
+                            "base_url": "https://aitronos.example", "token": "t",
+                            "organization_id": "org_1", "store_id": "vs_1"}}})
+    async for client, runtime in drive(app):
+        body = standard_body(file_id="..")
+        response = await client.post("/webhooks/partner", content=body,
+                                     headers=standard_headers(body, clock.now(), "ai-dots"))
+        assert response.status_code == 202
+        await runtime.worker.run_once()
+        assert platform.requests == []
+        [delivery] = (await client.get(f"/api/events/{response.json()['id']}")).json()["deliveries"]
+        assert delivery["status"] == "dead"
+        assert "not a single path segment" in delivery["last_error"]
+
+
 async def test_filecheck_reject_is_never_resubmitted(tmp_path: Path, clock: FakeClock) -> None:
     platform = FakePlatform(lambda r: httpx.Response(201, json={"job": {"id": "j2"}}))
     app = await started(tmp_path, clock, platform,

@@ -419,6 +419,85 @@ async def test_aitronos_poll_of_a_file_not_in_store_fails_it(rig: Rig) -> None:
     assert TOKEN not in json.dumps(outcome.payload)
 
 
+def aitronos_event(**data: Any) -> EventRecord:
+    return record("standard", {"type": "file.processing_failed",
+                               "timestamp": "2026-11-01T10:00:00Z", "data": data})
+
+
+async def test_aitronos_ids_may_all_come_from_the_event_and_the_poll_keeps_them(
+    rig: Rig,
+) -> None:
+    options = {"token": TOKEN, "organization_id_path": "data.org", "store_id_path": "data.store",
+               "file_id_path": "data.doc"}
+    platform = Platform(expect("POST", f"{AITRONOS_FILE}/retry",
+                               {"authorization": f"Bearer {TOKEN}"}, NO_BODY,
+                               answer={"status": "pending"}))
+    ctx = rig.ctx(AitronosRetry, options, platform)
+    await AitronosRetry().handle(aitronos_event(org=ORG_ID, store=STORE_ID, doc=FILE_ID), ctx)
+    assert len(platform.seen) == 1
+    ids = {"organization_id": ORG_ID, "store_id": STORE_ID, "file_id": FILE_ID}
+    assert rig.upstream.polls == [
+        ("aitronos.file", f"aitronos:file:{FILE_ID}", ids, 60.0, 3600.0)]
+    status = Platform(expect("GET", f"{AITRONOS_FILE}/status",
+                             {"authorization": f"Bearer {TOKEN}"}, NO_BODY,
+                             answer={"status": "completed"}))
+    outcome = await AitronosRetry().poll(ids, rig.ctx(AitronosRetry, options, status))
+    assert outcome == PollOutcome("completed", {"file_id": FILE_ID, "status": "completed"})
+
+
+async def test_aitronos_literal_file_id_and_escaped_ids(rig: Rig) -> None:
+    options = {"token": TOKEN, "organization_id": "org 1", "store_id_path": "data.store",
+               "file_id": "doc?x=1#y"}
+    platform = Platform(answer(200, {"status": "pending"}))
+    await AitronosRetry().handle(aitronos_event(store="vs:é"),
+                                 rig.ctx(AitronosRetry, options, platform))
+    [request] = platform.seen
+    assert request.url.raw_path == (
+        b"/v1/organizations/org%201/stores/vs%3A%C3%A9/files/doc%3Fx%3D1%23y/retry")
+    assert request.url.query == b""
+
+
+@pytest.mark.parametrize("file_id", [
+    "..", ".", "%2e%2e", "%2E", "a/b", "a%2Fb", "..%2f..", "a\\b", "%5c", "%252e%252e",
+])
+async def test_aitronos_file_id_that_is_no_path_segment_makes_no_request(
+    rig: Rig, file_id: str
+) -> None:
+    platform = Platform(answer(200, {"status": "pending"}))
+    with pytest.raises(Permanent, match="not a single path segment"):
+        await AitronosRetry().handle(aitronos_event(file_id=file_id),
+                                     rig.ctx(AitronosRetry, AITRONOS, platform))
+    assert platform.seen == []
+    assert rig.upstream.budgets == {} and rig.upstream.polls == []
+
+
+async def test_aitronos_poll_with_an_unsafe_recorded_id_makes_no_request(rig: Rig) -> None:
+    platform = Platform(answer(200, {"status": "completed"}))
+    with pytest.raises(Permanent, match="not a single path segment"):
+        await AitronosRetry().poll({"file_id": ".."},
+                                   rig.ctx(AitronosRetry, AITRONOS, platform))
+    assert platform.seen == []
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"organization_id": ORG_ID, "organization_id_path": "data.org", "store_id": STORE_ID},
+     "handlers.a.options.organization_id: Value error, give organization_id or "
+     "organization_id_path, not both"),
+    ({"organization_id": ORG_ID},
+     "handlers.a.options.store_id: Value error, give store_id (the id) or store_id_path"),
+    ({"organization_id": "..", "store_id": STORE_ID},
+     "handlers.a.options.organization_id: Value error, '..' is not a single path segment"),
+    ({"organization_id": ORG_ID, "store_id": "a%2Fb"},
+     "handlers.a.options.store_id: Value error, 'a%2Fb' is not a single path segment"),
+    ({"organization_id": ORG_ID, "store_id": STORE_ID, "file_id": "x",
+      "file_id_path": "data.file_id"},
+     "handlers.a.options.file_id: Value error, give file_id or file_id_path, not both"),
+])
+def test_aitronos_id_options_are_checked_at_start(options: dict[str, Any], problem: str) -> None:
+    [found] = problems(a={"use": "aitronos_retry", "options": {"token": TOKEN, **options}})
+    assert found.startswith(problem)
+
+
 # Filecheck.
 
 
@@ -798,7 +877,8 @@ def test_missing_and_bad_options_are_named() -> None:
     joined = "\n".join(found)
     assert "handlers.d.options.token: Field required" in joined
     assert "handlers.d.options.budget: " in joined
-    assert "handlers.a.options.store_id: Field required" in joined
+    assert ("handlers.a.options.store_id: Value error, give store_id (the id) or store_id_path"
+            in joined)
     assert "handlers.f.options.channel: " in joined
     assert "handlers.r.options.base_url: Field required" in joined
     assert "handlers.r.options.tokne: " in joined
