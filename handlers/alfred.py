@@ -1,4 +1,4 @@
-"""The `alfred_resubmit` handler: run a failed Alfred job again once Alfred itself has given up.
+"""The `alfred_resubmit` handler: upload a failed Alfred job's files again once Alfred gave up.
 
 Alfred retries a job by itself (JobRetry with `exceeded_retries` false); the handler steps in
 only at a terminal failure (JobFailed, JobInvalid, JobExceededRetries, or a JobRetry that says
@@ -6,9 +6,12 @@ the retries are exceeded). Failure events often carry no file URLs, so the URLs,
 `metadata` come from this event when it has them, else from the newest earlier event of the
 same job that had them (JobCreate, JobRetry).
 
-The call shape is an inference: Alfred documents no retry endpoint, so a re-run is a new
-`POST /api/job/create` with the same URLs (PLATFORMS.md: "inference: a re-run is a new
-POST /api/job/create"). Confirm it against your Alfred instance before relying on it.
+Alfred has no retry endpoint. Both official SDKs send a list of remote file URLs to
+`POST /api/file/upload` (`urls`, up to 100, with `merge` and `metadata`), which starts a new
+job; `POST /api/job/create` only takes a deferred-upload `session_id`. Events spell scalars as
+text ("merge": "false"), so the body is built from real values: `merge` a boolean, `metadata`
+the JSON object (or one object per URL) the upload takes. Job metadata that is plain text, not
+JSON, has no place in that body and is left out (and logged).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ RETRY = "alfred.job.retry"
 ACTED_ON = frozenset({
     RETRY, "alfred.job.failed", "alfred.job.invalid", "alfred.job.exceeded_retries",
 })
+MAX_URLS = 100  # the most `urls` one upload takes
 
 
 class AlfredOptions(UpstreamOptions):
@@ -52,23 +56,40 @@ def still_retrying(event: Event) -> bool:
     return event.type == RETRY and not truthy(inner(event.payload).get("exceeded_retries"))
 
 
-def original_metadata(value: Any) -> Any:
-    """The job's metadata as it was sent: an object (also when it came as JSON text)."""
-    if isinstance(value, str) and value.strip():
+def decoded(value: Any) -> Any:
+    """Metadata as Alfred keeps it: JSON text is decoded, anything else is returned as it is."""
+    if isinstance(value, str):
         try:
-            decoded = json.loads(value)
+            return json.loads(value)
         except ValueError:
             return value
-        return decoded if isinstance(decoded, Mapping) else value
-    return value if isinstance(value, Mapping) else {}
+    return value
 
 
-def job_create_body(source: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "urls": [str(url) for url in source["file_urls"]],
-        "merge": truthy(source.get("merge")),
-        "metadata": original_metadata(source.get("metadata")),
-    }
+def metadata_fields(value: Any, urls: int, merge: bool) -> dict[str, Any] | None:
+    """`metadata` (and `propagate_metadata`) in a shape the upload takes; None if there is none.
+
+    One object goes with `merge` as it is, and without `merge` is propagated to every file; a
+    list goes as it is when it has one object per URL and nothing is merged."""
+    found = decoded(value)
+    if isinstance(found, Mapping):
+        return {"metadata": dict(found)} if merge else {"metadata": dict(found),
+                                                        "propagate_metadata": True}
+    objects = isinstance(found, list) and all(isinstance(item, Mapping) for item in found)
+    if objects and not merge and len(found) == urls:
+        return {"metadata": found}
+    return None
+
+
+def upload_body(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of `POST /api/file/upload` that runs the job of `source` (its fields) again."""
+    urls = [str(url) for url in source["file_urls"]]
+    if len(urls) > MAX_URLS:
+        raise Permanent(f"{len(urls)} file URLs; one upload takes at most {MAX_URLS}")
+    merge = truthy(source.get("merge"))
+    body: dict[str, Any] = {"urls": urls, "merge": merge}
+    body.update(metadata_fields(source.get("metadata"), len(urls), merge) or {})
+    return body
 
 
 def with_urls(fields: Mapping[str, Any]) -> bool:
@@ -105,12 +126,16 @@ class AlfredResubmit:
             source = newest_with_urls(related, event.id) or {}
         if not with_urls(source):
             raise Permanent(f"no file URLs known for job {job_id}")
+        body = upload_body(source)
+        if source.get("metadata") not in (None, "") and "metadata" not in body:
+            ctx.log.info("alfred job %s: its metadata is not the JSON the upload takes; "
+                         "uploaded without it", job_id)
         headers = {"X-TagshelfAPI-Key": options.api_key.get_secret_value(),
                    "content-type": "application/json"}
-        call = Call("POST", f"{options.base_url}/api/job/create", headers, options.timeout,
-                    json=job_create_body(source))
+        call = Call("POST", f"{options.base_url}/api/file/upload", headers, options.timeout,
+                    json=body)
         async with budget_unit(upstream, f"alfred:job:{job_id}", options.budget) as count:
             response = await send(ctx, options.base_url, call)
         check_response(response)
-        ctx.log.info("alfred job %s resubmitted as a new job (attempt %d of %d)",
+        ctx.log.info("alfred job %s uploaded again as a new job (attempt %d of %d)",
                      job_id, count, options.budget)

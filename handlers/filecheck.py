@@ -6,6 +6,12 @@ and sending it twice makes two jobs. So the handler acts only on processing fail
 and tags the new job's `metaData` with the root job id and the attempt number, so
 resubmissions of resubmissions share one budget and can be told apart.
 
+The new job carries what the API's `CreateJobParams` defines and nothing else (unknown keys
+are refused): one `sources` item per failed task, with the task's own locator (`url`, `fileRef`
+or `source`, whichever it has: a completed job's tasks often have only `fileRef`) and the steps
+it ran as step specs (`type`, `params`); the job's ruleId, channel, customerId, orderId and
+policy; the operator's `webhook` (the event does not carry the original one); the tagged metaData.
+
 Because the mark is taken before the call and cannot be given back, a resubmission that fails
 (the platform unreachable, 5xx, 429) is dead-lettered with the reason rather than retried: a
 retry would find the mark and do nothing, and could not know whether a job was created.
@@ -17,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from handlers import Context, Event, Permanent, Retry, Upstream
 from handlers.upstream import (
@@ -25,21 +31,42 @@ from handlers.upstream import (
     needs_upstream, send,
 )
 
-COPIED_FIELDS = ("ruleId", "policy", "customerId", "orderId", "channel")
 ORIGINAL_KEY = "hookline_original_job_id"
+ATTEMPT_KEY = "hookline_attempt"
+# What `POST /jobs` defines (the SDK's CreateJobParams; the API refuses unknown keys).
+LOCATORS = ("url", "fileRef", "source")  # exactly one per source; the first the task has
+MAX_SOURCES = 50
+MAX_STEPS = 16
+CHANNELS = frozenset({"api", "store", "admin"})
+ON_FAIL = frozenset({"reject", "accept_with_warnings", "manual_review"})
+TEXT_FIELDS = ("ruleId", "customerId", "orderId")
+
+
+class FilecheckWebhook(BaseModel):
+    """The `webhook` of the resubmitted job, so its outcome is posted back to hookline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, SecretStr] = {}
 
 
 class FilecheckOptions(UpstreamOptions):
     base_url: str = "https://api.filecheck.io"
     token: SecretStr = Field(min_length=1, description="an sk_... API key")
     channel: Literal["api", "store", "admin"] | None = None
+    webhook: FilecheckWebhook | None = None
+
+
+def on_fail(job: Mapping[str, Any]) -> str | None:
+    policy = job.get("policy")
+    value = policy.get("onFail") if isinstance(policy, Mapping) else None
+    return value if value in ON_FAIL else None
 
 
 def is_rejected(job: Mapping[str, Any]) -> bool:
     """A failed file under `onFail: reject`: terminal, never resubmitted."""
-    policy = job.get("policy")
-    on_fail = policy.get("onFail") if isinstance(policy, Mapping) else None
-    return job.get("outcome") == "fail" and on_fail == "reject"
+    return job.get("outcome") == "fail" and on_fail(job) == "reject"
 
 
 def tasks_of(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -52,11 +79,36 @@ def errored(job: Mapping[str, Any]) -> bool:
     return job.get("status") == "error" or any(t.get("status") == "error" for t in tasks_of(job))
 
 
-def failed_sources(job: Mapping[str, Any]) -> list[str]:
-    """The sources of the errored tasks; of every task when none errored by itself."""
-    tasks = tasks_of(job)
-    chosen = [t for t in tasks if t.get("status") == "error"] or tasks
-    return [str(t["source"]) for t in chosen if t.get("source")]
+def failed_tasks(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The errored tasks; every task when none errored by itself. A task the policy rejected
+    (`outcome: fail` under `onFail: reject`) is never among them."""
+    rejecting = on_fail(job) == "reject"
+    tasks = [t for t in tasks_of(job) if not (rejecting and t.get("outcome") == "fail")]
+    return [t for t in tasks if t.get("status") == "error"] or tasks
+
+
+def step_spec(step: Any) -> dict[str, Any] | None:
+    """A step the task ran, as the step spec `POST /jobs` takes: `type` and `params` only."""
+    if not isinstance(step, Mapping) or not isinstance(step.get("type"), str):
+        return None
+    spec: dict[str, Any] = {"type": step["type"]}
+    if isinstance(step.get("params"), Mapping) and step["params"]:
+        spec["params"] = dict(step["params"])
+    return spec
+
+
+def source_item(task: Mapping[str, Any]) -> dict[str, Any]:
+    """One `sources` item: the task's locator and steps, or Permanent saying what is missing."""
+    name = str(task.get("id") or "?")
+    locator = next((key for key in LOCATORS if isinstance(task.get(key), str) and task[key]), None)
+    if locator is None:
+        raise Permanent(f"task {name} has none of {', '.join(LOCATORS)} to resubmit")
+    steps = task.get("steps")
+    specs = [spec for spec in map(step_spec, steps if isinstance(steps, list) else [])
+             if spec is not None]
+    if not 1 <= len(specs) <= MAX_STEPS:
+        raise Permanent(f"task {name} has {len(specs)} steps; a source takes 1 to {MAX_STEPS}")
+    return {locator: task[locator], "steps": specs}
 
 
 def root_job_id(job: Mapping[str, Any]) -> str:
@@ -66,18 +118,41 @@ def root_job_id(job: Mapping[str, Any]) -> str:
     return str(root) if root else str(job["id"])
 
 
+def job_fields(job: Mapping[str, Any], options: FilecheckOptions) -> dict[str, Any]:
+    """The job-level parameters carried over, each only in a shape `POST /jobs` accepts."""
+    fields: dict[str, Any] = {name: job[name] for name in TEXT_FIELDS
+                              if isinstance(job.get(name), str) and job[name]}
+    channel = options.channel or job.get("channel")
+    if channel in CHANNELS:
+        fields["channel"] = channel
+    if on_fail(job) is not None:
+        fields["policy"] = {"onFail": on_fail(job)}
+    if options.webhook is not None:
+        webhook: dict[str, Any] = {"url": options.webhook.url}
+        if options.webhook.headers:
+            webhook["headers"] = {name: value.get_secret_value()
+                                  for name, value in options.webhook.headers.items()}
+        fields["webhook"] = webhook
+    return fields
+
+
+def failed_sources(job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The `sources` that resubmit the failed tasks, or Permanent saying why there are none."""
+    sources = [source_item(task) for task in failed_tasks(job)]
+    if not 1 <= len(sources) <= MAX_SOURCES:
+        raise Permanent(f"{len(sources)} sources to resubmit; a job takes 1 to {MAX_SOURCES}")
+    return sources
+
+
 def resubmission(
     job: Mapping[str, Any], options: FilecheckOptions, attempt: int
 ) -> dict[str, Any]:
     """The body of `POST /jobs` that resubmits the failed part of `job`."""
-    body: dict[str, Any] = {"sources": failed_sources(job)}
-    body.update({name: job[name] for name in COPIED_FIELDS if job.get(name) is not None})
-    if options.channel is not None:
-        body["channel"] = options.channel
+    sources = failed_sources(job)
     meta = job.get("metaData")
-    body["metaData"] = {**(meta if isinstance(meta, Mapping) else {}),
-                        ORIGINAL_KEY: root_job_id(job), "hookline_attempt": attempt}
-    return body
+    return {"sources": sources, **job_fields(job, options),
+            "metaData": {**(meta if isinstance(meta, Mapping) else {}),
+                         ORIGINAL_KEY: root_job_id(job), ATTEMPT_KEY: attempt}}
 
 
 class FilecheckResubmit:
@@ -97,8 +172,7 @@ class FilecheckResubmit:
         if not errored(job):
             ctx.log.info("filecheck job %s has no processing error; nothing to resubmit", job_id)
             return
-        if not failed_sources(job):
-            raise Permanent(f"no task sources known for filecheck job {job_id}")
+        failed_sources(job)  # a job that cannot be resubmitted fails before the one-time mark
         # An open breaker is checked before the one-time mark, which it would otherwise burn.
         wait = breaker_for(options.base_url).wait_time(ctx.clock.monotonic())
         if wait is not None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -76,13 +77,33 @@ def lookup_path(payload: Any, dotted: str) -> Any:
     return node
 
 
-def require_path(event: Event, options: BaseModel, name: str) -> str:
-    """The value the option `<name>_path` points at, or Permanent naming that path."""
-    path: str = getattr(options, f"{name}_path")
+def value_at(event: Event, path: str, name: str) -> str:
+    """The scalar at `path` in the event's payload, or Permanent naming `name` and the path."""
     value = lookup_path(event.payload, path)
     if value is None or value == "" or isinstance(value, (Mapping, list)):
         raise Permanent(f"no {name} at {path!r} in the event payload")
     return str(value)
+
+
+def require_path(event: Event, options: BaseModel, name: str) -> str:
+    """The value the option `<name>_path` points at, or Permanent naming that path."""
+    return value_at(event, getattr(options, f"{name}_path"), name)
+
+
+def segment_problem(value: str) -> str | None:
+    """Why `value` cannot be one segment of a URL path (None: it can, once percent-encoded).
+
+    Refused: empty, `.` or `..`, or holding `/` or `\\`, as written or once percent-escapes
+    (`%2e`, `%2F`, `%252F`, ...) are undone, since a server or proxy may undo them too."""
+    seen = value
+    for _ in range(4):  # undo nested escapes; four levels is more than any server undoes
+        if seen in ("", ".", "..") or "/" in seen or "\\" in seen:
+            return "is not a single path segment (empty, '.', '..', or holds '/' or '\\')"
+        unescaped = unquote(seen)
+        if unescaped == seen:
+            return None
+        seen = unescaped
+    return "is escaped too many times to be a single path segment"
 
 
 def needs_upstream(ctx: Context) -> Upstream:

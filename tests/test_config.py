@@ -31,12 +31,15 @@ def test_example_config_is_valid() -> None:
     environ = {
         "ALFRED_TOKEN": "a", "FILECHECK_SECRET": "f", "SLACK_WEBHOOK_URL": "https://x",
         "DCYCLE_TOKEN": "d", "HOOKLINE_DASHBOARD_TOKEN": "t", "HOOKLINE_ADMIN_TOKEN": "adm",
-        "PARTNER_WEBHOOK_SECRET": "whsec_QUJDREVGR0g=",
+        "PARTNER_WEBHOOK_SECRET": "whsec_QUJDREVGR0g=", "FILECHECK_HOOK_TOKEN": "fh",
+        "FILECHECK_API_KEY": "sk_x", "ALFRED_API_KEY": "ak", "AITRONOS_TOKEN": "at",
     }
     settings = load_settings(EXAMPLE, environ)
     assert settings.sources["alfred"].auth.scheme == "query_token"
     assert settings.sources["alfred"].auth.secrets[0].get_secret_value() == "a"
     assert settings.handlers["ops"].options["webhook_url"] == "https://x"
+    assert settings.sources["filecheck"].auth.scheme == "header_token"
+    assert settings.handlers["filecheck"].options["webhook"]["headers"] == {"x-hook-token": "fh"}
 
 
 def test_env_indirection_splits_secrets_and_reports_missing_vars() -> None:
@@ -112,12 +115,13 @@ def test_readme_recipes_make_a_valid_config() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     recipes = readme.split("## Recipes", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```toml\n(.*?)```", recipes, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     raw = tomllib.loads("\n".join(blocks) + _sources_for_recipes())
     environ = {"DCYCLE_TOKEN": "d", "SLACK_WEBHOOK_URL": "https://hooks.example/x",
-               "FILECHECK_API_KEY": "sk_x"}
+               "FILECHECK_API_KEY": "sk_x", "FILECHECK_HOOK_TOKEN": "fh",
+               "ALFRED_TOKEN": "a", "ALFRED_API_KEY": "ak"}
     settings = settings_from_mapping(raw, environ)
-    assert set(load_handlers(settings.handlers)) == {"dcycle", "ops", "resubmit"}
+    assert set(load_handlers(settings.handlers)) == {"dcycle", "ops", "filecheck", "alfred"}
 
 
 def _sources_for_recipes() -> str:
@@ -125,7 +129,4 @@ def _sources_for_recipes() -> str:
 [sources.partner]
 platform = "standard"
 auth = { scheme = "standard_webhooks", secrets = ["whsec_QUJDREVGR0g="] }
-[sources.filecheck]
-platform = "filecheck"
-auth = { scheme = "header_token", header = "x-token", secrets = ["t"] }
 """

@@ -19,6 +19,7 @@ from app.worker import WorkerSettings
 from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from handlers.upstream import reset_breakers
 
+CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 FILE_ID = "11111111-1111-1111-1111-111111111111"
 ORG = "22222222-2222-2222-2222-222222222222"
 
@@ -90,11 +91,11 @@ async def test_alfred_failed_job_is_resubmitted_once_within_budget(
             failures.append(await post_alfred(client, "alfred.job.failed",
                                               event_id=f"failed-{n}", event=ids))
             await runtime.worker.run_once()
-        assert platform.paths() == ["POST /api/job/create"] * 3
+        assert platform.paths() == ["POST /api/file/upload"] * 3
         sent = json.loads(platform.requests[0].content)
         assert platform.requests[0].headers["x-tagshelfapi-key"] == "k-123"
-        assert sent["urls"] == ["https://example.com/files/data1.xlsx",
-                                "https://example.com/files/data2.xlsx"]
+        assert sent == {"urls": ["https://example.com/files/data1.xlsx",
+                                 "https://example.com/files/data2.xlsx"], "merge": False}
         fourth = (await client.get(f"/api/events/{failures[3]}")).json()["deliveries"][0]
         assert fourth["status"] == "dead" and "budget" in fourth["last_error"]
         story = (await client.get(f"/api/jobs/{job}")).json()
@@ -164,6 +165,26 @@ async def test_aitronos_file_not_in_store_is_dead_at_once(tmp_path: Path, clock:
         assert await runtime.worker.run_polls_once() == 0  # nothing to poll
 
 
+async def test_aitronos_traversal_in_the_payload_never_reaches_the_platform(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    platform = FakePlatform(lambda r: httpx.Response(200, json={"status": "pending"}))
+    app = await started(tmp_path, clock, platform, [{"match": "*", "handler": "ai"}],
+                        {"ai": {"use": "aitronos_retry", "options": {
+                            "base_url": "https://aitronos.example", "token": "t",
+                            "organization_id": "org_1", "store_id": "vs_1"}}})
+    async for client, runtime in drive(app):
+        body = standard_body(file_id="..")
+        response = await client.post("/webhooks/partner", content=body,
+                                     headers=standard_headers(body, clock.now(), "ai-dots"))
+        assert response.status_code == 202
+        await runtime.worker.run_once()
+        assert platform.requests == []
+        [delivery] = (await client.get(f"/api/events/{response.json()['id']}")).json()["deliveries"]
+        assert delivery["status"] == "dead"
+        assert "not a single path segment" in delivery["last_error"]
+
+
 async def test_filecheck_reject_is_never_resubmitted(tmp_path: Path, clock: FakeClock) -> None:
     platform = FakePlatform(lambda r: httpx.Response(201, json={"job": {"id": "j2"}}))
     app = await started(tmp_path, clock, platform,
@@ -185,3 +206,30 @@ async def test_filecheck_reject_is_never_resubmitted(tmp_path: Path, clock: Fake
         await runtime.worker.run_once()
         assert platform.paths() == ["POST /jobs"]  # the same failure is never resubmitted twice
         assert platform.requests[0].headers["authorization"] == "Bearer sk_test"
+
+
+async def test_filecheck_own_fixture_errored_is_resubmitted_with_its_file_ref(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    platform = FakePlatform(lambda r: httpx.Response(201, json={"job": {"id": "job_2"}}))
+    webhook = {"url": "https://hooks.example/webhooks/filecheck",
+               "headers": {"x-hook-token": "fc-token"}}
+    app = await started(tmp_path, clock, platform,
+                        [{"match": "filecheck.job.completed", "handler": "fc"}],
+                        {"fc": {"use": "filecheck_resubmit", "options": {
+                            "token": "sk_test", "webhook": webhook}}})
+    job = json.loads((CORPUS / "filecheck/webhook.job-completed.json").read_text())
+    job["status"] = job["tasks"][0]["status"] = "error"
+    async for client, runtime in drive(app):
+        headers = {"content-type": "application/json", "x-hook-token": "fc-token"}
+        response = await client.post("/webhooks/filecheck", headers=headers, json=job)
+        assert response.status_code == 202, response.text
+        await runtime.worker.run_once()
+        assert platform.paths() == ["POST /jobs"]
+        assert json.loads(platform.requests[0].content) == {
+            "sources": [{"fileRef": "upload_01jf8n2p3uvw8j2l4n6p8r0t2v",
+                         "steps": [{"type": "preflight"}, {"type": "autofix"}]}],
+            "ruleId": "rule_business_cards", "customerId": "cust_301", "orderId": "order_5512",
+            "channel": "store", "policy": {"onFail": "reject"}, "webhook": webhook,
+            "metaData": {"cartId": "cart_88112", "hookline_attempt": 1,
+                         "hookline_original_job_id": job["id"]}}

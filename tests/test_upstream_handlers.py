@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ STORE_ID = "st_42"
 TOKEN = "tok-s3cret-value"
 ALFRED_JOB = "4f1c2b7e-8d3a-4c59-9e61-2a7b5d0c9f13"
 FC_JOB = "job_01HV3K9Q2T7W8X4YB6N0CZ5D1E"
+CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 
 DCYCLE = {"token": TOKEN, "organization_id": ORG_ID}
 AITRONOS = {"token": TOKEN, "organization_id": ORG_ID, "store_id": STORE_ID}
@@ -417,6 +419,85 @@ async def test_aitronos_poll_of_a_file_not_in_store_fails_it(rig: Rig) -> None:
     assert TOKEN not in json.dumps(outcome.payload)
 
 
+def aitronos_event(**data: Any) -> EventRecord:
+    return record("standard", {"type": "file.processing_failed",
+                               "timestamp": "2026-11-01T10:00:00Z", "data": data})
+
+
+async def test_aitronos_ids_may_all_come_from_the_event_and_the_poll_keeps_them(
+    rig: Rig,
+) -> None:
+    options = {"token": TOKEN, "organization_id_path": "data.org", "store_id_path": "data.store",
+               "file_id_path": "data.doc"}
+    platform = Platform(expect("POST", f"{AITRONOS_FILE}/retry",
+                               {"authorization": f"Bearer {TOKEN}"}, NO_BODY,
+                               answer={"status": "pending"}))
+    ctx = rig.ctx(AitronosRetry, options, platform)
+    await AitronosRetry().handle(aitronos_event(org=ORG_ID, store=STORE_ID, doc=FILE_ID), ctx)
+    assert len(platform.seen) == 1
+    ids = {"organization_id": ORG_ID, "store_id": STORE_ID, "file_id": FILE_ID}
+    assert rig.upstream.polls == [
+        ("aitronos.file", f"aitronos:file:{FILE_ID}", ids, 60.0, 3600.0)]
+    status = Platform(expect("GET", f"{AITRONOS_FILE}/status",
+                             {"authorization": f"Bearer {TOKEN}"}, NO_BODY,
+                             answer={"status": "completed"}))
+    outcome = await AitronosRetry().poll(ids, rig.ctx(AitronosRetry, options, status))
+    assert outcome == PollOutcome("completed", {"file_id": FILE_ID, "status": "completed"})
+
+
+async def test_aitronos_literal_file_id_and_escaped_ids(rig: Rig) -> None:
+    options = {"token": TOKEN, "organization_id": "org 1", "store_id_path": "data.store",
+               "file_id": "doc?x=1#y"}
+    platform = Platform(answer(200, {"status": "pending"}))
+    await AitronosRetry().handle(aitronos_event(store="vs:é"),
+                                 rig.ctx(AitronosRetry, options, platform))
+    [request] = platform.seen
+    assert request.url.raw_path == (
+        b"/v1/organizations/org%201/stores/vs%3A%C3%A9/files/doc%3Fx%3D1%23y/retry")
+    assert request.url.query == b""
+
+
+@pytest.mark.parametrize("file_id", [
+    "..", ".", "%2e%2e", "%2E", "a/b", "a%2Fb", "..%2f..", "a\\b", "%5c", "%252e%252e",
+])
+async def test_aitronos_file_id_that_is_no_path_segment_makes_no_request(
+    rig: Rig, file_id: str
+) -> None:
+    platform = Platform(answer(200, {"status": "pending"}))
+    with pytest.raises(Permanent, match="not a single path segment"):
+        await AitronosRetry().handle(aitronos_event(file_id=file_id),
+                                     rig.ctx(AitronosRetry, AITRONOS, platform))
+    assert platform.seen == []
+    assert rig.upstream.budgets == {} and rig.upstream.polls == []
+
+
+async def test_aitronos_poll_with_an_unsafe_recorded_id_makes_no_request(rig: Rig) -> None:
+    platform = Platform(answer(200, {"status": "completed"}))
+    with pytest.raises(Permanent, match="not a single path segment"):
+        await AitronosRetry().poll({"file_id": ".."},
+                                   rig.ctx(AitronosRetry, AITRONOS, platform))
+    assert platform.seen == []
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"organization_id": ORG_ID, "organization_id_path": "data.org", "store_id": STORE_ID},
+     "handlers.a.options.organization_id: Value error, give organization_id or "
+     "organization_id_path, not both"),
+    ({"organization_id": ORG_ID},
+     "handlers.a.options.store_id: Value error, give store_id (the id) or store_id_path"),
+    ({"organization_id": "..", "store_id": STORE_ID},
+     "handlers.a.options.organization_id: Value error, '..' is not a single path segment"),
+    ({"organization_id": ORG_ID, "store_id": "a%2Fb"},
+     "handlers.a.options.store_id: Value error, 'a%2Fb' is not a single path segment"),
+    ({"organization_id": ORG_ID, "store_id": STORE_ID, "file_id": "x",
+      "file_id_path": "data.file_id"},
+     "handlers.a.options.file_id: Value error, give file_id or file_id_path, not both"),
+])
+def test_aitronos_id_options_are_checked_at_start(options: dict[str, Any], problem: str) -> None:
+    [found] = problems(a={"use": "aitronos_retry", "options": {"token": TOKEN, **options}})
+    assert found.startswith(problem)
+
+
 # Filecheck.
 
 
@@ -426,9 +507,9 @@ def filecheck_event(payload: dict[str, Any] | None = None) -> EventRecord:
 
 async def test_filecheck_resubmits_the_errored_task_tagged(rig: Rig) -> None:
     body = {
-        "sources": ["s3://fc-uploads/cus_8841/inner.pdf"], "ruleId": "rule_print_a4_cmyk",
-        "policy": {"onFail": "manual_review"}, "customerId": "cus_8841",
-        "orderId": "ORD-2024-11873", "channel": "api",
+        "sources": [{"fileRef": "cus_8841/inner.pdf", "steps": [{"type": "preflight"}]}],
+        "ruleId": "rule_print_a4_cmyk", "policy": {"onFail": "manual_review"},
+        "customerId": "cus_8841", "orderId": "ORD-2024-11873", "channel": "api",
         "metaData": {"shop": "printhaus-de", "attempt": 1,
                      "hookline_original_job_id": FC_JOB, "hookline_attempt": 1},
     }
@@ -440,6 +521,113 @@ async def test_filecheck_resubmits_the_errored_task_tagged(rig: Rig) -> None:
     assert len(platform.seen) == 1
     assert rig.upstream.budgets == {f"filecheck:job:{FC_JOB}": 1}
     assert rig.upstream.marks == {f"filecheck:resubmit:{FC_JOB}"}
+
+
+def corpus_job(**changes: Any) -> dict[str, Any]:
+    """Filecheck's own job.completed fixture (tasks with `source: null` and a `fileRef`)."""
+    job: dict[str, Any] = json.loads((CORPUS / "filecheck/webhook.job-completed.json").read_text())
+    job.update(changes)
+    return job
+
+
+def errored_corpus_job(**changes: Any) -> dict[str, Any]:
+    """The fixture as it would come had its only task failed to process."""
+    job = corpus_job(**{"status": "error", "outcome": None, **changes})
+    task = job["tasks"][0]
+    task.update(status="error", outcome=None)
+    task["steps"][1].update(status="error", outcome=None, reason="Renderer crashed")
+    return job
+
+
+CORPUS_JOB = "job_01jf8n2q4vxw9k3m5p7r9t1v3x"
+CORPUS_RESUBMISSION = {
+    "sources": [{"fileRef": "upload_01jf8n2p3uvw8j2l4n6p8r0t2v",
+                 "steps": [{"type": "preflight"}, {"type": "autofix"}]}],
+    "ruleId": "rule_business_cards", "customerId": "cust_301", "orderId": "order_5512",
+    "channel": "store", "policy": {"onFail": "reject"},
+    "metaData": {"cartId": "cart_88112", "hookline_original_job_id": CORPUS_JOB,
+                 "hookline_attempt": 1},
+}
+
+
+async def test_filecheck_resubmits_its_own_fixture_as_create_job_params(rig: Rig) -> None:
+    options = {**FILECHECK, "webhook": {
+        "url": "https://hooks.example/webhooks/filecheck", "headers": {"x-hook-token": "fc-t"}}}
+    body = {**CORPUS_RESUBMISSION, "webhook": {
+        "url": "https://hooks.example/webhooks/filecheck", "headers": {"x-hook-token": "fc-t"}}}
+    platform = Platform(expect("POST", "https://api.filecheck.io/jobs", {
+        "authorization": "Bearer sk_live_123", "content-type": "application/json"},
+        body, 201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(errored_corpus_job()),
+                                     rig.ctx(FilecheckResubmit, options, platform))
+    assert len(platform.seen) == 1
+    assert rig.upstream.marks == {f"filecheck:resubmit:{CORPUS_JOB}"}
+
+
+async def test_filecheck_step_params_are_kept_and_run_details_dropped(rig: Rig) -> None:
+    job = errored_corpus_job()
+    job["tasks"][0]["steps"][0].update(params={"profileId": "default"}, runtimeParams=None,
+                                       started="2026-07-29T10:15:05.000Z", duration=7000)
+    job["tasks"][0]["steps"][1]["params"] = None
+    platform = Platform(answer(201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(job),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    [source] = json.loads(platform.seen[0].content)["sources"]
+    assert source["steps"] == [{"type": "preflight", "params": {"profileId": "default"}},
+                               {"type": "autofix"}]
+
+
+async def test_filecheck_fixture_as_delivered_is_not_resubmitted(rig: Rig) -> None:
+    platform = Platform(answer(201, {"job": {}}))
+    await FilecheckResubmit().handle(filecheck_event(corpus_job()),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    assert platform.seen == [] and rig.upstream.marks == set()
+
+
+async def test_filecheck_task_rejected_by_policy_stays_out_of_the_resubmission(rig: Rig) -> None:
+    job = errored_corpus_job(outcome="mixed")
+    rejected = json.loads(json.dumps(job["tasks"][0]))
+    rejected.update(id="task_rejected", status="done", outcome="fail", fileRef="upload_rejected")
+    job["tasks"].append(rejected)
+    platform = Platform(answer(201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(job),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    sent = json.loads(platform.seen[0].content)
+    assert [s["fileRef"] for s in sent["sources"]] == ["upload_01jf8n2p3uvw8j2l4n6p8r0t2v"]
+
+
+@pytest.mark.parametrize(("locators", "sent"), [
+    ({"url": "https://files.example/a.pdf", "fileRef": "upload_1", "source": "s3://b/a.pdf"},
+     {"url": "https://files.example/a.pdf"}),
+    ({"fileRef": None, "source": "s3://b/a.pdf"}, {"source": "s3://b/a.pdf"}),
+    ({"fileRef": "upload_1", "source": None}, {"fileRef": "upload_1"}),
+])
+async def test_filecheck_sends_exactly_one_locator_per_source(
+    rig: Rig, locators: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    job = errored_corpus_job()
+    job["tasks"][0].update(locators)
+    platform = Platform(answer(201, {"job": {"id": "job_new"}}))
+    await FilecheckResubmit().handle(filecheck_event(job),
+                                     rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    [source] = json.loads(platform.seen[0].content)["sources"]
+    assert source == {**sent, "steps": [{"type": "preflight"}, {"type": "autofix"}]}
+
+
+@pytest.mark.parametrize(("task", "reason"), [
+    ({"fileRef": None, "source": None}, "has none of url, fileRef, source"),
+    ({"steps": []}, "has 0 steps"),
+])
+async def test_filecheck_task_that_cannot_be_resubmitted_burns_no_mark(
+    rig: Rig, task: dict[str, Any], reason: str
+) -> None:
+    job = errored_corpus_job()
+    job["tasks"][0].update(task)
+    platform = Platform(answer(201, {"job": {}}))
+    with pytest.raises(Permanent, match=reason):
+        await FilecheckResubmit().handle(filecheck_event(job),
+                                         rig.ctx(FilecheckResubmit, FILECHECK, platform))
+    assert platform.seen == [] and rig.upstream.marks == set() and rig.upstream.budgets == {}
 
 
 async def test_filecheck_rejected_by_policy_is_never_resubmitted(rig: Rig) -> None:
@@ -480,8 +668,9 @@ async def test_filecheck_resubmission_chain_shares_the_root_budget(rig: Rig) -> 
     ctx = rig.ctx(FilecheckResubmit, {**FILECHECK, "channel": "admin"}, platform)
     await FilecheckResubmit().handle(filecheck_event(job), ctx)
     sent = json.loads(platform.seen[0].content)
-    assert sent["sources"] == ["s3://fc-uploads/cus_8841/cover.pdf",
-                               "s3://fc-uploads/cus_8841/inner.pdf"]
+    assert sent["sources"] == [
+        {"fileRef": "cus_8841/cover.pdf", "steps": [{"type": "preflight"}]},
+        {"fileRef": "cus_8841/inner.pdf", "steps": [{"type": "preflight"}]}]
     assert sent["channel"] == "admin"
     assert sent["metaData"] == {"hookline_original_job_id": FC_JOB, "hookline_attempt": 2}
     assert rig.upstream.budgets == {f"filecheck:job:{FC_JOB}": 2}
@@ -524,7 +713,12 @@ async def test_alfred_job_still_retrying_is_left_to_alfred(rig: Rig) -> None:
     assert rig.upstream.budgets == {}
 
 
-async def test_alfred_failed_job_is_resubmitted_with_earlier_file_urls(rig: Rig) -> None:
+ALFRED_UPLOAD = "https://app.tagshelf.com/api/file/upload"
+ALFRED_HEADERS: dict[str, str | None] = {
+    "x-tagshelfapi-key": "alfred-key-1", "content-type": "application/json"}
+
+
+async def test_alfred_failed_job_is_uploaded_again_with_earlier_file_urls(rig: Rig) -> None:
     urls = ["https://example.com/files/acme-0312.pdf", "https://example.com/files/acme-0313.pdf"]
     rig.upstream.related = [
         alfred_event("alfred/alfred.job.create.json", "evt_create"),
@@ -533,23 +727,112 @@ async def test_alfred_failed_job_is_resubmitted_with_earlier_file_urls(rig: Rig)
         alfred_event("alfred/alfred.job.start.json", "evt_start", job_id=ALFRED_JOB),
     ]
     body = {"urls": urls, "merge": True, "metadata": {"batch": "2024-03-14"}}
-    platform = Platform(expect("POST", "https://app.tagshelf.com/api/job/create",
-                               {"x-tagshelfapi-key": "alfred-key-1"}, body, 200, {"job_id": "n"}))
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body, 200,
+                               {"file_id": "n"}))
     failed = alfred_event("alfred/alfred.job.failed.json", "evt_failed")
     await AlfredResubmit().handle(failed, rig.ctx(AlfredResubmit, ALFRED, platform))
     assert len(platform.seen) == 1
     assert rig.upstream.budgets == {f"alfred:job:{ALFRED_JOB}": 1}
 
 
+async def test_alfred_object_metadata_of_separate_files_is_propagated(rig: Rig) -> None:
+    body = {"urls": ["https://example.com/files/acme-0311.pdf",
+                     "https://example.com/files/acme-0312.pdf",
+                     "https://example.com/files/acme-0313.pdf"],
+            "merge": False, "metadata": {"source": "sftp", "batch": "2024-03-14"},
+            "propagate_metadata": True}
+    rig.upstream.related = [alfred_event("alfred/alfred.job.create.json", "evt_create")]
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body))
+    failed = alfred_event("alfred/alfred.job.failed.json", "evt_failed")
+    await AlfredResubmit().handle(failed, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert len(platform.seen) == 1
+
+
 async def test_alfred_exceeded_retry_uses_its_own_urls(rig: Rig) -> None:
     event = alfred_event("alfred/alfred.job.retry.json", "evt_x", exceeded_retries="true")
     body = {"urls": ["https://example.com/files/data1.xlsx",
-                     "https://example.com/files/data2.xlsx"],
-            "merge": False, "metadata": "Reprocessing after system update"}
-    platform = Platform(expect("POST", "https://app.tagshelf.com/api/job/create",
-                               {"x-tagshelfapi-key": "alfred-key-1"}, body))
+                     "https://example.com/files/data2.xlsx"], "merge": False}
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body))
     await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
     assert len(platform.seen) == 1
+
+
+def alfred_corpus(spelling: str, name: str, **changes: Any) -> EventRecord:
+    """One of the Alfred events in the shared corpus, in the docs' or an SDK's spelling."""
+    payload = json.loads((CORPUS / "alfred" / spelling / f"{name}.json").read_text())
+    payload["event"].update(changes)
+    return record("alfred", payload, f"{spelling}-{name}")
+
+
+SPELLINGS = ["docs", "python_sdk", "node_sdk"]
+CORPUS_URLS = ["https://storage.example.com/documents/invoice-001.pdf",
+               "https://storage.example.com/documents/invoice-002.pdf"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+async def test_alfred_corpus_exceeded_retries_is_uploaded_with_real_values(
+    rig: Rig, spelling: str
+) -> None:
+    # merge arrives as "false" or false; the text metadata is no JSON the upload takes
+    body = {"urls": CORPUS_URLS, "merge": False}
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body, 200,
+                               {"file_id": "f-new"}))
+    event = alfred_corpus(spelling, "job_exceeded_retries")
+    assert event.type == "alfred.job.exceeded_retries"
+    await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert len(platform.seen) == 1
+    assert rig.upstream.budgets == {"alfred:job:12345678-1234-1234-1234-123456789abc": 1}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+async def test_alfred_corpus_retry_is_left_to_alfred(rig: Rig, spelling: str) -> None:
+    platform = Platform(answer(200, {}))
+    event = alfred_corpus(spelling, "job_retry")
+    assert event.type == "alfred.job.retry"
+    await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert platform.seen == [] and rig.upstream.budgets == {}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+async def test_alfred_corpus_failed_job_takes_the_create_events_files(
+    rig: Rig, spelling: str
+) -> None:
+    failed = alfred_corpus(spelling, "job_failed")
+    job_id = failed.payload["event"]["job_id"]
+    rig.upstream.related = [alfred_corpus(spelling, "job_create", job_id=job_id,
+                                          metadata='{"quarter": "Q2"}')]
+    # the create event merged its files ("merge": "true"), so the metadata is one object
+    body = {"urls": CORPUS_URLS, "merge": True, "metadata": {"quarter": "Q2"}}
+    platform = Platform(expect("POST", ALFRED_UPLOAD, ALFRED_HEADERS, body))
+    await AlfredResubmit().handle(failed, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert len(platform.seen) == 1
+    assert rig.upstream.budgets == {f"alfred:job:{job_id}": 1}
+
+
+@pytest.mark.parametrize(("metadata", "merge", "sent"), [
+    ('[{"n": 1}, {"n": 2}]', "false", {"metadata": [{"n": 1}, {"n": 2}]}),
+    ('[{"n": 1}]', "false", {}),  # not one object per URL
+    ('[{"n": 1}, {"n": 2}]', "true", {}),  # a merged file takes one object
+    ("{'DocumentType': 'Invoice'}", "false", {}),  # not JSON
+    ({"k": "v"}, False, {"metadata": {"k": "v"}, "propagate_metadata": True}),
+])
+async def test_alfred_metadata_goes_only_in_a_shape_the_upload_takes(
+    rig: Rig, metadata: Any, merge: Any, sent: dict[str, Any]
+) -> None:
+    event = alfred_corpus("docs", "job_exceeded_retries", metadata=metadata, merge=merge)
+    platform = Platform(answer(200, {"file_id": "f-new"}))
+    await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert json.loads(platform.seen[0].content) == {
+        "urls": CORPUS_URLS, "merge": merge in ("true", True), **sent}
+
+
+async def test_alfred_more_urls_than_one_upload_takes_is_permanent(rig: Rig) -> None:
+    urls = [f"https://storage.example.com/documents/{n}.pdf" for n in range(101)]
+    event = alfred_corpus("docs", "job_exceeded_retries", file_urls=urls)
+    platform = Platform(answer(200, {}))
+    with pytest.raises(Permanent, match="101 file URLs"):
+        await AlfredResubmit().handle(event, rig.ctx(AlfredResubmit, ALFRED, platform))
+    assert platform.seen == [] and rig.upstream.budgets == {}
 
 
 async def test_alfred_without_known_file_urls_is_permanent(rig: Rig) -> None:
@@ -594,7 +877,8 @@ def test_missing_and_bad_options_are_named() -> None:
     joined = "\n".join(found)
     assert "handlers.d.options.token: Field required" in joined
     assert "handlers.d.options.budget: " in joined
-    assert "handlers.a.options.store_id: Field required" in joined
+    assert ("handlers.a.options.store_id: Value error, give store_id (the id) or store_id_path"
+            in joined)
     assert "handlers.f.options.channel: " in joined
     assert "handlers.r.options.base_url: Field required" in joined
     assert "handlers.r.options.tokne: " in joined
