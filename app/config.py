@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from app.errors import ConfigError
+from app.store.urls import sqlite_path
 
 Scheme = Literal["standard_webhooks", "hmac_sha256", "header_token", "query_token", "none"]
 Platform = Literal["alfred", "filecheck", "standard"]
@@ -66,8 +67,12 @@ class StorageSettings(_Model):
 
     @model_validator(mode="after")
     def _known_scheme(self) -> StorageSettings:
-        if not self.url.startswith(("sqlite://", "postgresql://", "postgres://", "memory://")):
-            raise ValueError("url must start with sqlite://, postgresql:// or memory://")
+        if not self.url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("url must start with sqlite:// or postgresql://")
+        if self.url.startswith("sqlite://") and sqlite_path(self.url) in ("", ":memory:"):
+            # The writer and the reader are two connections: each would get a database of its
+            # own, and the reader would find no tables.
+            raise ValueError("a sqlite:// url needs a file path, as sqlite:///hookline.db")
         return self
 
 

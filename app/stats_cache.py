@@ -3,12 +3,15 @@
 Stats are aggregates over thousands of rows and every open dashboard asks for them, so callers
 share: concurrent requests for one window wait for a single computation, and an answer is reused
 for up to `fresh_seconds` while no event was stored, no attempt finished and no request was
-counted since (the store's heads and the tally's version say so).
+counted since (the store's heads and the tally's version say so). At most `keep` windows'
+answers are kept, the least recently asked for dropped first, so callers asking for many
+different windows cannot grow it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +31,14 @@ class _Answer:
 
 
 class StatsCache:
-    def __init__(self, store: Store, clock: Clock, tally: Tally, fresh_seconds: float = 1.0):
+    def __init__(self, store: Store, clock: Clock, tally: Tally, fresh_seconds: float = 1.0,
+                 keep: int = 16):
         self.store = store
         self.clock = clock
         self.tally = tally
         self.fresh_seconds = fresh_seconds
-        self._answers: dict[int, _Answer] = {}
+        self.keep = keep
+        self._answers: OrderedDict[int, _Answer] = OrderedDict()
         self._running: dict[Key, asyncio.Future[dict[str, Any]]] = {}
 
     async def get(self, window: int) -> dict[str, Any]:
@@ -43,6 +48,7 @@ class StatsCache:
         key: Key = (window, await self.store.heads(), self.tally.version)
         kept = self._answers.get(window)
         if kept is not None and kept.key == key and now - kept.at < self.fresh_seconds:
+            self._answers.move_to_end(window)
             return kept.body
         running = self._running.get(key)
         if running is None:
@@ -63,3 +69,6 @@ class StatsCache:
         if done.cancelled() or done.exception() is not None:
             return  # every waiter got the error (a 503); nothing is kept
         self._answers[window] = _Answer(key, at, done.result())
+        self._answers.move_to_end(window)
+        while len(self._answers) > self.keep:
+            self._answers.popitem(last=False)

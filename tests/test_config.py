@@ -130,3 +130,9 @@ def _sources_for_recipes() -> str:
 platform = "standard"
 auth = { scheme = "standard_webhooks", secrets = ["whsec_QUJDREVGR0g="] }
 """
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite://", "sqlite:///:memory:", "mysql://db/x"])
+def test_storage_urls_that_cannot_work_are_refused_at_load(url: str) -> None:
+    [problem] = problems({"storage": {"url": url}})
+    assert problem.startswith("storage")

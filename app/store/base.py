@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.store.urls import sqlite_path
 from schemas.records import DeliveryPage, EventPage, EventRecord, NewEvent, Saved
 
 
@@ -355,7 +356,10 @@ def store_from_url(url: str) -> Store:
     if url.startswith("sqlite://"):
         from app.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
+        path = sqlite_path(url)
+        if path in ("", ":memory:"):
+            raise StoreError("a sqlite:// url needs a file path, as sqlite:///hookline.db")
+        return SQLiteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from app.store.postgres import PostgresStore
