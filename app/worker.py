@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import socket
@@ -72,19 +73,35 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _said(exc: BaseException) -> str:
+    """An exception's text, even when its own __str__ raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose text could not be read>"
+
+
+def _seconds(value: Any) -> float | None:
+    # A Retry subclass may set `after` to anything: only a finite number >= 0 is a delay.
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf:
+        return float(value)
+    return None
+
+
 def classify(exc: BaseException) -> AttemptResult:
     """What one exception out of a handler means for its delivery."""
     if isinstance(exc, Permanent):
-        return AttemptResult("permanent", _trim(exc.reason), exc.http_status)
+        return AttemptResult("permanent", _trim(_said(exc)), exc.http_status)
     if isinstance(exc, Retry):
-        return AttemptResult("transient", _trim(str(exc)), exc.http_status, exc.after)
+        return AttemptResult(
+            "transient", _trim(_said(exc)), exc.http_status, _seconds(exc.after))
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
         return AttemptResult(
             "transient", _trim(f"HTTP {response.status_code} from {exc.request.url.host}"),
             response.status_code, _retry_after(response),
         )
-    return AttemptResult("transient", _trim(f"{type(exc).__name__}: {exc}"))
+    return AttemptResult("transient", _trim(f"{type(exc).__name__}: {_said(exc)}"))
 
 
 def _being_cancelled() -> bool:
@@ -259,9 +276,14 @@ class Worker:
                 seconds = self.clock.monotonic() - started
         policy = self._policy(loaded)
         now = self.clock.now()
-        decision: Decision = decide(
-            result.outcome, claim.attempt, policy, now, self._rand.random(), result.retry_after
-        )
+        try:
+            decision: Decision = decide(
+                result.outcome, claim.attempt, policy, now, self._rand.random(), result.retry_after
+            )
+        except Exception as exc:  # never leave the delivery running until its lease ends
+            log.exception("retry decision for %s failed", claim.delivery_id)
+            result = AttemptResult("transient", _trim(f"retry decision failed: {_said(exc)}"))
+            decision = decide("transient", claim.attempt, policy, now, self._rand.random(), None)
         error = result.error
         if decision.status == "dead" and decision.reason and result.outcome != "permanent":
             error = f"{error} ({decision.reason})" if error else decision.reason

@@ -1,7 +1,8 @@
 """The handler plugin API: what a handler is, what it is given, and how it says "try again".
 
-A handler is any object with a `name` and `async def handle(event, ctx)`. Returning means
-success; raising `Retry(after=...)` asks for another try (after at least `after` seconds);
+A handler is any object with `async def handle(event, ctx)` (a `name` attribute is allowed and
+not needed: the config names each handler). Returning means success; raising
+`Retry(after=..., reason=...)` asks for another try (after at least `after` seconds);
 raising `Permanent(reason)` dead-letters the delivery at once; any other exception is a
 transient failure and is retried with backoff. A handler may declare `Options`, a pydantic
 model its config `options` are validated against when hookline starts, and a handler that acts on
@@ -12,8 +13,9 @@ for the status of what it started (None: not finished yet).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+import math
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
@@ -35,13 +37,19 @@ class HandlerError(Exception):
 
 
 class Retry(HandlerError):
-    """Try this delivery again, no sooner than `after` seconds from now when given."""
+    """Try this delivery again, no sooner than `after` seconds from now when given.
+
+    Keyword-only, so `Retry("busy")` fails where it is written instead of passing a reason off
+    as a delay."""
 
     def __init__(
-        self, after: float | None = None, reason: str = "retry requested", *,
+        self, *, after: float | None = None, reason: str = "retry requested",
         http_status: int | None = None,
     ) -> None:
-        self.after = after
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int | float)
+                                  or not math.isfinite(after) or after < 0):
+            raise ValueError(f"Retry(after=...) takes seconds >= 0 or None, not {after!r}")
+        self.after = None if after is None else float(after)
         super().__init__(reason, http_status=http_status)
 
 
@@ -102,22 +110,25 @@ class PollOutcome:
     payload: dict[str, Any]
 
 
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass
-class Context:
-    """What a handler is given for one delivery."""
+class Context(Generic[OptionsT]):
+    """What a handler is given for one delivery. `options` is an instance of the handler's
+    `Options` model (annotate `ctx: Context[MyHandler.Options]`), or a plain dict without one."""
 
     http: httpx.AsyncClient
-    options: Any
+    options: OptionsT
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
     clock: Clock
     handler_name: str
     attempt: int = 1
     upstream: Upstream | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Handler(Protocol):
-    name: str
+    """Anything with `async def handle(event, ctx)`; the config's `[handlers.NAME]` names it."""
 
-    async def handle(self, event: Event, ctx: Context) -> None: ...
+    async def handle(self, event: Event, ctx: Context[Any]) -> None: ...

@@ -176,7 +176,7 @@ class FilecheckResubmit:
         # An open breaker is checked before the one-time mark, which it would otherwise burn.
         wait = breaker_for(options.base_url).wait_time(ctx.clock.monotonic())
         if wait is not None:
-            raise Retry(wait, "circuit open for filecheck: too many failures")
+            raise Retry(after=wait, reason="circuit open for filecheck: too many failures")
         if not await upstream.once(f"filecheck:resubmit:{job_id}"):
             ctx.log.info("filecheck job %s was already resubmitted; not again", job_id)
             return

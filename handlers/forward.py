@@ -97,8 +97,8 @@ def raise_for_outcome(response: httpx.Response) -> None:
         return
     if status in TRANSIENT_4XX or status >= 500:
         after = response.headers.get("retry-after", "")
-        raise Retry(float(after) if after.isascii() and after.isdigit() else None,
-                    f"HTTP {status} from {response.request.url.host}", http_status=status)
+        raise Retry(after=float(after) if after.isascii() and after.isdigit() else None,
+                    reason=f"HTTP {status} from {response.request.url.host}", http_status=status)
     raise Permanent(f"HTTP {status} from {response.request.url.host}", http_status=status)
 
 

@@ -112,8 +112,14 @@ def _check(handler: Any) -> str | None:
         inspect.signature(handle).bind(None, None)
     except TypeError:
         return "handle must take (event, ctx)"
-    if not isinstance(getattr(handler, "name", None), str):
-        return "has no name"
+    poll = getattr(handler, "poll", None)
+    if poll is not None:
+        if not callable(poll) or not inspect.iscoroutinefunction(poll):
+            return "poll must be an async function"
+        try:
+            inspect.signature(poll).bind(None, None)
+        except TypeError:
+            return "poll must take (data, ctx)"
     return None
 
 

@@ -149,7 +149,7 @@ class CircuitBreaker:
         """Let one call through, or raise NotReached with the time until one may go."""
         wait = self.wait_time(now)
         if wait is not None:
-            raise NotReached(wait, f"circuit open for {self.name}: too many failures")
+            raise NotReached(after=wait, reason=f"circuit open for {self.name}: too many failures")
         if self.opened_at is not None:
             self.trial_started = now
 
@@ -212,7 +212,7 @@ async def send(ctx: Context, base_url: str, call: Call) -> httpx.Response:
         )
     except httpx.TransportError as exc:
         breaker.record_failure(ctx.clock.monotonic())
-        raise NotReached(None, f"{type(exc).__name__} calling {breaker.name}") from exc
+        raise NotReached(reason=f"{type(exc).__name__} calling {breaker.name}") from exc
     except asyncio.CancelledError:  # the worker's timeout: as good as a platform timeout
         breaker.record_failure(ctx.clock.monotonic())
         raise
@@ -276,7 +276,7 @@ def check_response(response: httpx.Response) -> None:
             raise
         reason = f"{exc}: {message}"
         if isinstance(exc, Retry):
-            raise Retry(exc.after, reason, http_status=exc.http_status) from None
+            raise Retry(after=exc.after, reason=reason, http_status=exc.http_status) from None
         raise Permanent(reason, http_status=exc.http_status) from None
 
 

@@ -83,7 +83,38 @@ class BlocksTheLoop:
         time.sleep(self.seconds)
 
 
+class RetriesTheOldWay:
+    """Passes the reason where the delay goes, as Retry's first positional once was."""
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        raise Retry("busy")  # type: ignore[misc]
+
+
+class SoonRetry(Retry):
+    def __init__(self) -> None:
+        super().__init__(reason="later")
+        self.after = "soon"  # type: ignore[assignment]
+
+
+class UnreadableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class OddRetries:
+    """Raises a Retry whose `after` is not a number, then an error with no readable text."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        self.calls += 1
+        raise SoonRetry() if self.calls == 1 else UnreadableError()
+
+
 recorder = Recorder()
+old_retry = RetriesTheOldWay()
+odd_retries = OddRetries()
 flaky = Flaky()
 ask_later = AskLater()
 refuses = Refuses()
@@ -94,6 +125,7 @@ blocks_the_loop = BlocksTheLoop()
 
 def reset() -> None:
     recorder.calls.clear()
+    odd_retries.calls = 0
     poller.__init__()  # type: ignore[misc]
     flaky.failures, flaky.calls = 2, 0
     hangs.__init__()  # type: ignore[misc]

@@ -33,6 +33,8 @@ HANDLERS = {
     "hangs": {"use": "fake_handlers:hangs", "timeout_seconds": 0.05},
     "hangs_long": {"use": "fake_handlers:hangs", "timeout_seconds": 30},
     "garbage": {"use": "fake_handlers:garbage"},
+    "old_retry": {"use": "fake_handlers:old_retry"},
+    "odd": {"use": "fake_handlers:odd_retries", "max_attempts": 5},
 }
 
 
@@ -294,3 +296,33 @@ async def test_roles_split_receiving_from_dispatching(tmp_path: Path, clock: Fak
             assert (await client.post("/webhooks/partner", content=b"{}")).status_code == 404
             assert await worker(worker_only.state.runtime).run_once() == 1
     assert fake_handlers.recorder.calls == [(event_id, 1)]
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "old_retry"}]], indirect=True)
+async def test_a_positional_retry_fails_its_attempt_instead_of_stranding_the_delivery(
+    env: Any, clock: FakeClock,
+) -> None:
+    client, runtime = env
+    event_id = await post(client, clock)
+    assert await worker(runtime).run_once() == 1
+    [d] = await deliveries(client, event_id)
+    assert (d["status"], d["attempts"]) == ("pending", 1)
+    assert d["last_error"].startswith("TypeError")
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "odd"}]], indirect=True)
+async def test_odd_retries_and_unreadable_errors_are_ordinary_transient_failures(
+    env: Any, clock: FakeClock,
+) -> None:
+    client, runtime = env
+    event_id = await post(client, clock)
+    start = clock.now()
+    assert await worker(runtime).run_once() == 1
+    [d] = await deliveries(client, event_id)
+    # `after = "soon"` is no delay: the handler's own backoff applies (1 s at the first try).
+    assert (d["status"], d["next_attempt_at"], d["last_error"]) == ("pending", start + 1.0, "later")
+    clock.advance(1)
+    assert await worker(runtime).run_once() == 1
+    [d] = await deliveries(client, event_id)
+    assert (d["status"], d["attempts"]) == ("pending", 2)
+    assert d["last_error"] == "UnreadableError: <UnreadableError whose text could not be read>"

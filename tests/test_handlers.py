@@ -450,6 +450,27 @@ class TooManyParams:
         return None
 
 
+class SyncPoll:
+    async def handle(self, event: Any, ctx: Any) -> None:
+        return None
+
+    def poll(self, data: Any, ctx: Any) -> None:
+        return None
+
+
+class PollWithoutCtx:
+    async def handle(self, event: Any, ctx: Any) -> None:
+        return None
+
+    async def poll(self, data: Any) -> None:
+        return None
+
+
+class Nameless:
+    async def handle(self, event: Any, ctx: Any) -> None:
+        return None
+
+
 def configured(**handlers: dict[str, Any]) -> dict[str, HandlerSettings]:
     return {name: HandlerSettings.model_validate(raw) for name, raw in handlers.items()}
 
@@ -511,12 +532,33 @@ def test_a_misspelt_option_of_a_builtin_is_refused_with_its_key_path(
          "'test_handlers:TooFewParams' handle must take (event, ctx)"),
         ("test_handlers:TooManyParams",
          "'test_handlers:TooManyParams' handle must take (event, ctx)"),
+        ("test_handlers:SyncPoll", "'test_handlers:SyncPoll' poll must be an async function"),
+        ("test_handlers:PollWithoutCtx",
+         "'test_handlers:PollWithoutCtx' poll must take (data, ctx)"),
     ],
 )
 def test_unusable_handlers_are_refused(use: str, message: str) -> None:
     [problem] = load_problems(bad={"use": use})
     assert problem.startswith("handlers.bad.use: ")
     assert message in problem
+
+
+def test_a_handler_needs_no_name_of_its_own() -> None:
+    loaded = load_handlers(configured(plain={"use": "test_handlers:Nameless"}))
+    assert loaded["plain"].name == "plain"
+
+
+@pytest.mark.parametrize("after", [-1, float("nan"), float("inf"), True, "30"])
+def test_retry_refuses_a_delay_that_is_not_seconds(after: Any) -> None:
+    with pytest.raises(ValueError, match="seconds >= 0"):
+        Retry(after=after)
+
+
+def test_retry_takes_keywords_only() -> None:
+    with pytest.raises(TypeError):
+        Retry("busy")  # type: ignore[misc]
+    retry = Retry(after=2, reason="busy", http_status=429)
+    assert (retry.after, str(retry), retry.http_status) == (2.0, "busy", 429)
 
 
 def test_every_problem_is_reported_at_once() -> None:
