@@ -109,7 +109,7 @@ class SourceSettings(_Model):
     platform: Platform
     auth: AuthSettings
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY, ge=1)
-    unknown_events: Literal["reject", "accept"] = "reject"
+    unknown_events: Literal["reject", "accept"] = "accept"
     rate_limit: RateLimit | None = None
     stall_after_minutes: float = Field(default=30, gt=0)
 

@@ -49,7 +49,7 @@ PARSERS: dict[str, Parser] = {
 
 
 def parse_event(
-    platform: str, incoming: Incoming, unknown: UnknownPolicy = "reject"
+    platform: str, incoming: Incoming, unknown: UnknownPolicy = "accept"
 ) -> ParsedEvent | Handshake:
     """Validate one delivery with its platform's parser."""
     try:

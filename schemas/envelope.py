@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 UnknownPolicy = Literal["reject", "accept"]
+# An authenticated, well-formed event of a type its platform's schema does not know is kept
+# under this suffix (`alfred.unrecognised`), its original type left in the stored payload.
+UNRECOGNISED = "unrecognised"
 
 
 @dataclass(frozen=True, slots=True)

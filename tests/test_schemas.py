@@ -149,10 +149,28 @@ def test_unknown_alfred_event_is_rejected_or_accepted() -> None:
     error = invalid("alfred", payload)
     assert [d.loc for d in error.details] == [("event", "event_name")]
     accepted = parse("alfred", payload, "accept")
-    assert accepted.type == "alfred.unknown"
+    assert accepted.type == "alfred.unrecognised"
+    assert accepted.model.event.event_name == "file_teleported_event"
+    assert parse_event("alfred", Incoming(payload)) == accepted  # accept is the default
     assert accepted.file_id == payload["event"]["file_id"]
     del payload["event_id"]
     assert ("event_id",) in [d.loc for d in invalid("alfred", payload, "accept").details]
+
+
+def test_category_fields_take_what_docs_and_sdks_send() -> None:
+    # The docs give no range for confidence nor a type for description.
+    payload = load("alfred/alfred.file.category_create.json")
+    payload["event"]["confidence"] = 97
+    payload["event"]["description"] = {"label": "Invoice", "lang": "en"}
+    event = parse("alfred", payload, "reject").model.event
+    assert (event.confidence, event.description) == (97, {"label": "Invoice", "lang": "en"})
+
+
+def test_unknown_filecheck_shape_is_kept_by_default() -> None:
+    accepted = parse_event("filecheck", Incoming({"id": "job_7", "status": "done"}))
+    assert isinstance(accepted, ParsedEvent)
+    assert (accepted.type, accepted.upstream_id) == (
+        "filecheck.unrecognised", "filecheck.unrecognised:job_7")
 
 
 def test_wrong_scalar_gives_its_location() -> None:
@@ -211,7 +229,7 @@ def test_filecheck_unknown_shape_and_bad_enum() -> None:
     body = {"id": "job_9", "status": "done"}
     assert invalid("filecheck", body).details[0].loc == ()
     accepted = parse("filecheck", body, "accept")
-    assert (accepted.type, accepted.job_id) == ("filecheck.unknown", "job_9")
+    assert (accepted.type, accepted.job_id) == ("filecheck.unrecognised", "job_9")
     payload = load("filecheck/filecheck.job.completed.json")
     payload["status"] = "exploded"
     assert [d.loc for d in invalid("filecheck", payload).details] == [("status",)]
