@@ -20,6 +20,7 @@ from schemas.envelope import (
     Incoming,
     ParsedEvent,
     Parser,
+    PayloadPaths,
     UnknownPolicy,
     pydantic_details,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Incoming",
     "ParsedEvent",
     "Parser",
+    "PayloadPaths",
     "UnknownPolicy",
     "event_models",
     "export_json_schemas",

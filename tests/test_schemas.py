@@ -15,6 +15,7 @@ from schemas import (
     Handshake,
     Incoming,
     ParsedEvent,
+    PayloadPaths,
     UnknownPolicy,
     event_models,
     export_json_schemas,
@@ -241,8 +242,64 @@ def test_standard_envelope() -> None:
     assert (parsed.type, parsed.upstream_id) == ("file.processing_failed", "msg_2b")
     assert parsed.file_id == payload["data"]["file_id"]
     assert parsed.occurred_at == 1793527200.0
+    # A payload without a type is still an event (the spec's envelope is a recommendation).
     del payload["type"]
-    assert [d.loc for d in invalid("standard", payload).details] == [("type",)]
+    assert parse("standard", payload, headers={"webhook-id": "msg_2c"}).type == "unknown"
+
+
+def test_standard_takes_any_object_with_paths_for_type_id_and_time() -> None:
+    payload = {"action": "opened", "delivery": {"guid": 72}, "at": 1_793_527_200_123,
+               "job_id": "j1", "file_id": 5, "company_id": True}
+    paths = PayloadPaths(type="action", id="delivery.guid", occurred_at="at")
+    parsed = parse_event("standard", Incoming(payload, {"webhook-id": "m1"}, paths))
+    assert isinstance(parsed, ParsedEvent)
+    assert (parsed.type, parsed.upstream_id) == ("opened", "72")
+    assert parsed.occurred_at == 1_793_527_200.123  # milliseconds
+    assert (parsed.job_id, parsed.file_id, parsed.company_id) == ("j1", "5", None)
+    # The payload's own type wins over type_path; a missing id falls back to the header.
+    parsed = parse_event("standard", Incoming(
+        {"type": "pr.opened", "action": "x"}, {"webhook-id": "m2"}, paths))
+    assert (parsed.type, parsed.upstream_id, parsed.occurred_at) == ("pr.opened", "m2", None)
+    # A type that is not a string falls through to the path, then to "unknown".
+    assert parse("standard", {"type": 3, "action": "closed"}, headers={}).type == "unknown"
+    parsed = parse_event("standard", Incoming({"type": 3, "action": "closed"}, {}, paths))
+    assert parsed.type == "closed"
+    bad = {"action": "a\nb"}
+    with pytest.raises(EventInvalid) as caught:
+        parse_event("standard", Incoming(bad, {}, paths))
+    assert [d.loc for d in caught.value.details] == [("action",)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2022-11-03T20:26:10.344522Z", 1667507170.344522),
+        ("2022-11-03T20:26:10", 1667507170.0),
+        (1_667_507_170, 1_667_507_170.0),
+        ("1667507170.5", 1_667_507_170.5),
+        (1_667_507_170_344, 1_667_507_170.344),
+        ("yesterday", None), (True, None), (-5, None), ({"at": 1}, None), ("nan", None),
+    ],
+)
+def test_standard_event_time_forms(value: Any, expected: float | None) -> None:
+    parsed = parse_event(
+        "standard", Incoming({"t": value}, {}, PayloadPaths(occurred_at="t")))
+    assert isinstance(parsed, ParsedEvent)
+    assert parsed.occurred_at == expected
+
+
+def test_standard_correlation_keys_from_data_else_top_level() -> None:
+    both = {"type": "t", "job_id": "top", "data": {"job_id": "inner"}}
+    assert parse("standard", both).job_id == "inner"
+    assert parse("standard", {"type": "t", "job_id": "top", "data": [1]}).job_id == "top"
+
+
+def test_standard_dedupe_key_from_svix_id() -> None:
+    headers = {"svix-id": "msg_s", "svix-timestamp": "1", "svix-signature": "v1,x"}
+    assert parse("standard", {"type": "t"}, headers=headers).upstream_id == "msg_s"
+    headers["webhook-signature"] = "v1,y"
+    headers["webhook-id"] = "msg_w"
+    assert parse("standard", {"type": "t"}, headers=headers).upstream_id == "msg_w"
 
 
 def test_unknown_platform_is_a_programming_error() -> None:
