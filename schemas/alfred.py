@@ -333,6 +333,11 @@ def _name_candidates(payload: Mapping[str, Any]) -> list[Any]:
     ]
 
 
+def original_name(payload: Mapping[str, Any]) -> str | None:
+    """The event name a delivery carries, as sent: the first of its name fields that is text."""
+    return next((raw for raw in _name_candidates(payload) if isinstance(raw, str)), None)
+
+
 def _resolve(payload: Mapping[str, Any]) -> tuple[str | None, Any]:
     """The canonical type named by the payload (or None) and the primary raw name."""
     candidates = _name_candidates(payload)

@@ -268,6 +268,7 @@ async def test_unknown_event_policy(
     assert accepted.json()["type"] == "alfred.unrecognised"
     stored = (await client.get(f"/api/events/{accepted.json()['id']}")).json()
     assert stored["payload"]["event"]["event_name"] == "file_teleported_event"
+    assert stored["original_type"] == "file_teleported_event"
     listed = (await client.get("/api/events", params={"type": "*.unrecognised"})).json()
     assert [item["id"] for item in listed["items"]] == [accepted.json()["id"]]
     metrics = (await client.get("/metrics")).text
