@@ -316,3 +316,30 @@ def test_export_writes_one_loadable_schema_per_type(tmp_path: Path) -> None:
         schema = json.loads(path.read_text())
         assert schema["type"] == "object"
         assert "properties" in schema
+
+
+CORPUS_ALFRED = Path(__file__).parents[2] / "shared" / "corpus" / "alfred"
+TYPED_FIELDS = {"merge": bool, "exceeded_retries": bool, "retries": int, "file_count": int}
+
+
+def _typed(raw: Any, kind: type) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    return raw == "true" if kind is bool else int(raw)
+
+
+@pytest.mark.parametrize("spelling", ["docs", "python_sdk", "node_sdk"])
+@pytest.mark.parametrize(
+    "stem", ["job_create", "job_retry", "job_exceeded_retries", "job_failed", "job_invalid"])
+def test_corpus_job_events_give_typed_values(spelling: str, stem: str) -> None:
+    # What a resubmission carries upstream (merge, counts) must be real booleans and integers,
+    # whichever spelling the event came in: the docs send "merge": "false", "retries": "2".
+    payload = json.loads((CORPUS_ALFRED / spelling / f"{stem}.json").read_text())
+    event = parse("alfred", payload, "reject").model.event
+    raw = payload["event"]
+    for name, kind in TYPED_FIELDS.items():
+        if name in raw:
+            value = getattr(event, name)
+            assert type(value) is kind and value == _typed(raw[name], kind), (name, value)
+    for name in ("error_messages", "file_urls"):
+        assert getattr(event, name, None) == raw.get(name)
