@@ -1,13 +1,13 @@
 """Pure authentication of incoming webhooks, one function for every scheme.
 
-Every source proves who it is differently (Standard Webhooks signatures, an HMAC of the body, a
-static token in a header or in the URL; Standard Webhooks also as `svix-*` headers and as
-Ed25519 `v1a` signatures checked against `whpk_` public keys), and the receiver must check all of them on the hot path
-without I/O or a clock read of its own. `verify` looks only at the headers, query parameters, raw
-body and the `now` it is given; every comparison is constant-time, and any failure, malformed
-input included, is just `False`, so the caller answers one 401 that says nothing about which part
-was wrong. `sign` produces what a sender attaches (for `hookline send` and tests), and the
-redaction helpers keep tokens and signatures out of logs and the event log.
+Every source proves who it is differently (Standard Webhooks signatures, also under `svix-*`
+header names and as Ed25519 `v1a` signatures checked against `whpk_` public keys; an HMAC of the
+body; a static token in a header or in the URL), and the receiver must check all of them on the
+hot path without I/O or a clock read of its own. `verify` looks only at the headers, query
+parameters, raw body and the `now` it is given; every comparison is constant-time, and any
+failure, malformed input included, is just `False`, so the caller answers one 401 that says
+nothing about which part was wrong. `sign` produces what a sender attaches (for `hookline send`
+and tests), and the redaction helpers keep tokens and signatures out of logs and the event log.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 REDACTED = "REDACTED"
 PUBLIC_PREFIX = "whpk_"
+_VERSIONS = {"v1": 0, "v1a": 1}  # HMAC-SHA256, Ed25519
 TOKEN_PARAM = "token"
 SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "webhook-signature", "svix-signature",
@@ -75,15 +76,15 @@ def _parse_timestamp(stamp: str) -> int | None:
     return int(stamp)
 
 
-def _offered(header: str, version: str) -> list[bytes]:
-    """The decoded signatures of one version (`v1`, `v1a`) in a space-separated header."""
-    offered: list[bytes] = []
+def _offered(header: str) -> tuple[list[bytes], list[bytes]]:
+    """The decoded `v1` and `v1a` signatures of a space-separated header; others are ignored."""
+    offered: tuple[list[bytes], list[bytes]] = ([], [])
     for entry in header.split():
-        name, _, value = entry.partition(",")
-        if name != version or not value:
+        version, _, value = entry.partition(",")
+        if version not in _VERSIONS or not value:
             continue
         try:
-            offered.append(base64.b64decode(value, validate=True))
+            offered[_VERSIONS[version]].append(base64.b64decode(value, validate=True))
         except (binascii.Error, ValueError):
             continue
     return offered
@@ -122,20 +123,13 @@ def _standard_ok(
     # The spec signs the raw body bytes, so a body that is not UTF-8 still authenticates and
     # is then refused as invalid JSON (400), like with every other scheme.
     signed = signed_prefix + body
-    hmac_secrets, public_keys = _split_secrets(auth)
-    return _v1_ok(hmac_secrets, _offered(header, "v1"), signed) | _v1a_ok(
-        public_keys, _offered(header, "v1a"), signed
-    )
+    hmac_secrets, public_keys = auth.keys
+    v1, v1a = _offered(header)
+    matched = _v1_ok(hmac_secrets, v1, signed)
+    return matched | _v1a_ok(public_keys, v1a, signed) if v1a else matched
 
 
-def _split_secrets(auth: AuthSettings) -> tuple[list[str], list[str]]:
-    """The HMAC secrets (`whsec_` or bare) and the Ed25519 public keys (`whpk_`) of a source."""
-    secrets = _secrets(auth)
-    public = [secret for secret in secrets if secret.startswith(PUBLIC_PREFIX)]
-    return [secret for secret in secrets if not secret.startswith(PUBLIC_PREFIX)], public
-
-
-def _v1_ok(secrets: list[str], offered: list[bytes], signed: bytes) -> bool:
+def _v1_ok(secrets: tuple[str, ...], offered: list[bytes], signed: bytes) -> bool:
     matched = False
     for secret in secrets if offered else ():
         expected = hmac.digest(_standard_key(secret), signed, "sha256")
@@ -144,7 +138,7 @@ def _v1_ok(secrets: list[str], offered: list[bytes], signed: bytes) -> bool:
     return matched
 
 
-def _v1a_ok(keys: list[str], offered: list[bytes], signed: bytes) -> bool:
+def _v1a_ok(keys: tuple[str, ...], offered: list[bytes], signed: bytes) -> bool:
     # Verifying with a public key reveals nothing secret, so stopping at a match is fine.
     return any(
         _ed25519_ok(_public_key(key), candidate, signed) for key in keys for candidate in offered
@@ -213,7 +207,7 @@ def sign(
     standard_webhooks, the first that is not a public key: a whpk_ key cannot sign)."""
     if auth.scheme == "none" or not auth.secrets:
         return {}, {}
-    usable = _split_secrets(auth)[0]
+    usable = auth.keys[0]
     if not usable:
         raise ValueError("this source holds only whpk_ public keys: the sender signs, not hookline")
     secret = usable[0]

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from app.auth import PUBLIC_PREFIX
 from app.errors import ConfigError
 from schemas import PayloadPaths
 
@@ -103,6 +104,13 @@ class AuthSettings(_Model):
                 if problem:
                     raise ValueError(f"secrets[{index}]: {problem}")
         return self
+
+    @cached_property
+    def keys(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The secret values split once: (HMAC secrets and tokens, `whpk_` public keys)."""
+        values = [secret.get_secret_value() for secret in self.secrets]
+        public = tuple(value for value in values if value.startswith(PUBLIC_PREFIX))
+        return tuple(value for value in values if value not in public), public
 
 
 class RateLimit(_Model):
@@ -201,8 +209,8 @@ def _standard_secret_problem(value: str) -> str | None:
     HMAC secret, or a `whpk_` base64 Ed25519 public key for `v1a` signatures."""
     if value.startswith("whsk_"):
         return "a whsk_ private key signs; give hookline the sender's whpk_ public key"
-    if value.startswith("whpk_"):
-        raw = value.removeprefix("whpk_")
+    if value.startswith(PUBLIC_PREFIX):
+        raw = value.removeprefix(PUBLIC_PREFIX)
         if not _BASE64.fullmatch(raw) or len(_b64decode(raw)) != ED25519_KEY_BYTES:
             return "a whpk_ key must be the base64 of a 32-byte Ed25519 public key"
         return None

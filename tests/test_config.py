@@ -136,7 +136,8 @@ WHPK = "whpk_ZlN4eg7dSSqi0moX9hQUk3orrOouK3QVQSlJa248c/g="
 
 def standard_source(**extra: object) -> dict:
     return {"platform": "standard",
-            "auth": {"scheme": "standard_webhooks", "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]},
+            "auth": {"scheme": "standard_webhooks",
+                     "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]},
             **extra}
 
 

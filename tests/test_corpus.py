@@ -224,7 +224,8 @@ async def test_v1a_needs_the_public_key(client: httpx.AsyncClient) -> None:
 
 async def test_svix_id_is_the_dedupe_key(client: httpx.AsyncClient) -> None:
     cases = _read_vectors(SHARED_CORPUS / "standard-webhooks" / "vectors.json")
-    [case] = [c for c in cases if c["name"] == "signed by svix.webhooks.Webhook.sign, svix-* headers"]
+    name = "signed by svix.webhooks.Webhook.sign, svix-* headers"
+    [case] = [c for c in cases if c["name"] == name]
     first = await client.post("/webhooks/sw_strict", content=case["body"].encode(),
                               headers=case["headers"])
     again = await client.post("/webhooks/sw_strict", content=case["body"].encode(),

@@ -263,7 +263,8 @@ async def test_unknown_event_policy(
     body = json.dumps(event)
     headers = {"content-type": "application/json"}
     # Accepting is the default: the alfred source does not set unknown_events.
-    accepted = await client.post("/webhooks/alfred?token=alfred-token", content=body, headers=headers)
+    accepted = await client.post(
+        "/webhooks/alfred?token=alfred-token", content=body, headers=headers)
     assert accepted.status_code == 202
     assert accepted.json()["type"] == "alfred.unrecognised"
     stored = (await client.get(f"/api/events/{accepted.json()['id']}")).json()
