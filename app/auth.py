@@ -1,12 +1,13 @@
 """Pure authentication of incoming webhooks, one function for every scheme.
 
-Every source proves who it is differently (Standard Webhooks signatures, an HMAC of the body, a
-static token in a header or in the URL), and the receiver must check all of them on the hot path
-without I/O or a clock read of its own. `verify` looks only at the headers, query parameters, raw
-body and the `now` it is given; every comparison is constant-time, and any failure, malformed
-input included, is just `False`, so the caller answers one 401 that says nothing about which part
-was wrong. `sign` produces what a sender attaches (for `hookline send` and tests), and the
-redaction helpers keep tokens and signatures out of logs and the event log.
+Every source proves who it is differently (Standard Webhooks signatures, also under `svix-*`
+header names and as Ed25519 `v1a` signatures checked against `whpk_` public keys; an HMAC of the
+body; a static token in a header or in the URL), and the receiver must check all of them on the
+hot path without I/O or a clock read of its own. `verify` looks only at the headers, query
+parameters, raw body and the `now` it is given; every comparison is constant-time, and any
+failure, malformed input included, is just `False`, so the caller answers one 401 that says
+nothing about which part was wrong. `sign` produces what a sender attaches (for `hookline send`
+and tests), and the redaction helpers keep tokens and signatures out of logs and the event log.
 """
 
 from __future__ import annotations
@@ -21,15 +22,21 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks.webhooks import Webhook
+
+from schemas.standard import message_prefix
 
 if TYPE_CHECKING:
     from app.config import AuthSettings
 
 REDACTED = "REDACTED"
+PUBLIC_PREFIX = "whpk_"
+_VERSIONS = {"v1": 0, "v1a": 1}  # HMAC-SHA256, Ed25519
 TOKEN_PARAM = "token"
 SECRET_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "webhook-signature",
+    "authorization", "proxy-authorization", "cookie", "webhook-signature", "svix-signature",
     "x-filecheck-signature", "x-api-key", "x-tagshelfapi-key", "x-hub-signature-256",
 })
 # Longer than any Unix timestamp for millennia; also keeps int() far from its digit limit.
@@ -69,43 +76,73 @@ def _parse_timestamp(stamp: str) -> int | None:
     return int(stamp)
 
 
-def _offered_v1(header: str) -> list[bytes]:
-    """The decoded `v1` signatures of a webhook-signature header; other versions are ignored."""
-    offered: list[bytes] = []
+def _offered(header: str) -> tuple[list[bytes], list[bytes]]:
+    """The decoded `v1` and `v1a` signatures of a space-separated header; others are ignored."""
+    offered: tuple[list[bytes], list[bytes]] = ([], [])
     for entry in header.split():
         version, _, value = entry.partition(",")
-        if version != "v1" or not value:
+        if version not in _VERSIONS or not value:
             continue
         try:
-            offered.append(base64.b64decode(value, validate=True))
+            offered[_VERSIONS[version]].append(base64.b64decode(value, validate=True))
         except (binascii.Error, ValueError):
             continue
     return offered
 
 
+@lru_cache(maxsize=256)
+def _public_key(secret: str) -> Ed25519PublicKey:
+    # Config has already checked that a whpk_ key is the base64 of 32 bytes.
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(secret.removeprefix(PUBLIC_PREFIX)))
+
+
+def _ed25519_ok(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> bool:
+    try:
+        key.verify(signature, signed)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def _standard_ok(
     auth: AuthSettings, headers: Mapping[str, str], body: bytes, now: float
 ) -> bool:
-    msg_id = headers.get("webhook-id")
-    stamp = _parse_timestamp(headers.get("webhook-timestamp", ""))
-    offered = _offered_v1(headers.get("webhook-signature", ""))
-    if not msg_id or stamp is None or not offered:
+    # Svix-backed senders name the same three headers svix-*; the Svix libraries take either.
+    prefix = message_prefix(headers)
+    msg_id = headers.get(prefix + "id")
+    stamp = _parse_timestamp(headers.get(prefix + "timestamp", ""))
+    header = headers.get(prefix + "signature", "")
+    if not msg_id or stamp is None:
         return False
     if abs(now - stamp) > auth.tolerance_seconds:
         return False
     try:
-        prefix = f"{msg_id}.{stamp}.".encode()
+        signed_prefix = f"{msg_id}.{stamp}.".encode()
     except UnicodeEncodeError:  # a msg_id no sender could have signed
         return False
     # The spec signs the raw body bytes, so a body that is not UTF-8 still authenticates and
     # is then refused as invalid JSON (400), like with every other scheme.
-    signed = prefix + body
+    signed = signed_prefix + body
+    hmac_secrets, public_keys = auth.keys
+    v1, v1a = _offered(header)
+    matched = _v1_ok(hmac_secrets, v1, signed)
+    return matched | _v1a_ok(public_keys, v1a, signed) if v1a else matched
+
+
+def _v1_ok(secrets: tuple[str, ...], offered: list[bytes], signed: bytes) -> bool:
     matched = False
-    for secret in _secrets(auth):
+    for secret in secrets if offered else ():
         expected = hmac.digest(_standard_key(secret), signed, "sha256")
         for candidate in offered:
             matched |= hmac.compare_digest(expected, candidate)
     return matched
+
+
+def _v1a_ok(keys: tuple[str, ...], offered: list[bytes], signed: bytes) -> bool:
+    # Verifying with a public key reveals nothing secret, so stopping at a match is fine.
+    return any(
+        _ed25519_ok(_public_key(key), candidate, signed) for key in keys for candidate in offered
+    )
 
 
 def _hmac_hex(secret: str, body: bytes) -> str:
@@ -166,10 +203,14 @@ def _sign_standard(secret: str, body: bytes, now: float, msg_id: str) -> dict[st
 def sign(
     auth: AuthSettings, body: bytes, now: float, msg_id: str
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Headers and query parameters a sender attaches, signed with the first secret."""
+    """Headers and query parameters a sender attaches, signed with the first secret (for
+    standard_webhooks, the first that is not a public key: a whpk_ key cannot sign)."""
     if auth.scheme == "none" or not auth.secrets:
         return {}, {}
-    secret = _secrets(auth)[0]
+    usable = auth.keys[0]
+    if not usable:
+        raise ValueError("this source holds only whpk_ public keys: the sender signs, not hookline")
+    secret = usable[0]
     header = (auth.header or "").lower()
     if auth.scheme == "standard_webhooks":
         return _sign_standard(secret, body, now, msg_id), {}

@@ -8,19 +8,24 @@ start and never later.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
 import secrets as secrets_module
 import tomllib
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from app.auth import PUBLIC_PREFIX
 from app.errors import ConfigError
 from app.store.urls import sqlite_path
+from schemas import PayloadPaths
 
 Scheme = Literal["standard_webhooks", "hmac_sha256", "header_token", "query_token", "none"]
 Platform = Literal["alfred", "filecheck", "standard"]
@@ -99,10 +104,18 @@ class AuthSettings(_Model):
         if self.scheme in ("hmac_sha256", "header_token") and not self.header:
             raise ValueError(f"scheme {self.scheme!r} needs header")
         if self.scheme == "standard_webhooks":
-            for secret in self.secrets:
-                if not _is_standard_secret(secret.get_secret_value()):
-                    raise ValueError("standard_webhooks secrets must be base64, optionally whsec_")
+            for index, secret in enumerate(self.secrets):
+                problem = _standard_secret_problem(secret.get_secret_value())
+                if problem:
+                    raise ValueError(f"secrets[{index}]: {problem}")
         return self
+
+    @cached_property
+    def keys(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The secret values split once: (HMAC secrets and tokens, `whpk_` public keys)."""
+        values = [secret.get_secret_value() for secret in self.secrets]
+        public = tuple(value for value in values if value.startswith(PUBLIC_PREFIX))
+        return tuple(value for value in values if value not in public), public
 
 
 class RateLimit(_Model):
@@ -110,13 +123,34 @@ class RateLimit(_Model):
     burst: int = Field(ge=1)
 
 
+# A dotted path into the payload: `action`, `event.kind`, `items.0.id`.
+PayloadPath = Annotated[str, Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$", max_length=200)]
+
+
 class SourceSettings(_Model):
     platform: Platform
     auth: AuthSettings
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY, ge=1)
-    unknown_events: Literal["reject", "accept"] = "reject"
+    unknown_events: Literal["reject", "accept"] = "accept"
     rate_limit: RateLimit | None = None
     stall_after_minutes: float = Field(default=30, gt=0)
+    # platform "standard" only: where the type, dedupe key and event time are in the payload.
+    type_path: PayloadPath | None = None
+    id_path: PayloadPath | None = None
+    occurred_at_path: PayloadPath | None = None
+
+    @model_validator(mode="after")
+    def _paths_for_standard(self) -> SourceSettings:
+        if self.platform != "standard":
+            for key in ("type_path", "id_path", "occurred_at_path"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies only to platform 'standard'")
+        return self
+
+    @cached_property
+    def paths(self) -> PayloadPaths:
+        """The payload paths the source's parser reads."""
+        return PayloadPaths(self.type_path, self.id_path, self.occurred_at_path)
 
 
 class RouteSettings(_Model):
@@ -171,9 +205,30 @@ class Settings(_Model):
         return self
 
 
-def _is_standard_secret(value: str) -> bool:
-    raw = value.removeprefix("whsec_")
-    return bool(re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", raw))
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+ED25519_KEY_BYTES = 32
+
+
+def _standard_secret_problem(value: str) -> str | None:
+    """Why a standard_webhooks secret cannot be used, or None: a `whsec_` (or bare) base64
+    HMAC secret, or a `whpk_` base64 Ed25519 public key for `v1a` signatures."""
+    if value.startswith("whsk_"):
+        return "a whsk_ private key signs; give hookline the sender's whpk_ public key"
+    if value.startswith(PUBLIC_PREFIX):
+        raw = value.removeprefix(PUBLIC_PREFIX)
+        if not _BASE64.fullmatch(raw) or len(_b64decode(raw)) != ED25519_KEY_BYTES:
+            return "a whpk_ key must be the base64 of a 32-byte Ed25519 public key"
+        return None
+    if not _BASE64.fullmatch(value.removeprefix("whsec_")):
+        return "must be base64, optionally whsec_ (an HMAC secret) or whpk_ (a public key)"
+    return None
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text + "==")
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def demo_settings(secret: str | None = None, base: Settings | None = None) -> Settings:
@@ -296,6 +351,8 @@ def _describe(error: Any) -> str:
         return f"{where}: unknown key"
     if kind == "missing":
         return f"{where}: required"
+    if kind == "string_pattern_mismatch" and where.endswith("_path"):
+        return f"{where}: must be a dotted path into the payload, such as data.file_id"
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}"
 

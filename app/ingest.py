@@ -89,7 +89,8 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
 
     payload = _parse_json(body)
     try:
-        parsed = parse_event(source.platform, Incoming(payload, headers), source.unknown_events)
+        incoming = Incoming(payload, headers, source.paths)
+        parsed = parse_event(source.platform, incoming, source.unknown_events)
     except EventInvalid as exc:
         details = [{"loc": list(d.loc), "msg": d.msg} for d in exc.details]
         raise SchemaInvalid(details=details) from None

@@ -20,6 +20,7 @@ from schemas.envelope import (
     Incoming,
     ParsedEvent,
     Parser,
+    PayloadPaths,
     UnknownPolicy,
     pydantic_details,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Incoming",
     "ParsedEvent",
     "Parser",
+    "PayloadPaths",
     "UnknownPolicy",
     "event_models",
     "export_json_schemas",
@@ -49,7 +51,7 @@ PARSERS: dict[str, Parser] = {
 
 
 def parse_event(
-    platform: str, incoming: Incoming, unknown: UnknownPolicy = "reject"
+    platform: str, incoming: Incoming, unknown: UnknownPolicy = "accept"
 ) -> ParsedEvent | Handshake:
     """Validate one delivery with its platform's parser."""
     try:

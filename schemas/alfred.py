@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, create_model
 
 from schemas.envelope import (
+    UNRECOGNISED,
     ErrorDetail,
     EventInvalid,
     Handshake,
@@ -26,7 +27,7 @@ from schemas.envelope import (
     pydantic_details,
 )
 
-UNKNOWN_TYPE = "alfred.unknown"
+UNKNOWN_TYPE = f"alfred.{UNRECOGNISED}"
 JOB_STAGES = (
     "queued", "started", "downloading", "downloaded", "uploading", "uploaded", "in_progress",
     "completed", "failed", "invalid", "cancelled",
@@ -171,8 +172,9 @@ class _FileLog(_Dated):
 
 
 class _Category(_FileLog):
-    description: str | None = None
-    confidence: float | None = Field(default=None, ge=0, le=1)
+    # The docs name these fields without a type or range: any JSON value is kept as sent.
+    description: Any = None
+    confidence: float | None = None
 
 
 class FileCategoryCreate(_Category):
@@ -331,6 +333,11 @@ def _name_candidates(payload: Mapping[str, Any]) -> list[Any]:
     ]
 
 
+def original_name(payload: Mapping[str, Any]) -> str | None:
+    """The event name a delivery carries, as sent: the first of its name fields that is text."""
+    return next((raw for raw in _name_candidates(payload) if isinstance(raw, str)), None)
+
+
 def _resolve(payload: Mapping[str, Any]) -> tuple[str | None, Any]:
     """The canonical type named by the payload (or None) and the primary raw name."""
     candidates = _name_candidates(payload)
@@ -393,7 +400,9 @@ def _parse_unknown(payload: Mapping[str, Any], raw: Any, unknown: UnknownPolicy)
 
 
 def parse(incoming: Incoming, unknown: UnknownPolicy) -> ParsedEvent | Handshake:
-    """Validate one Alfred delivery: an event of a canonical type, or the handshake."""
+    """Validate one Alfred delivery: an event of a canonical type, the handshake, or (unless
+    `unknown` is "reject") a well-formed envelope of an unknown name as `alfred.unrecognised`,
+    its payload kept as sent."""
     payload = incoming.payload
     if payload.get("type") == "url_verification":
         return _handshake(payload)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 UnknownPolicy = Literal["reject", "accept"]
+# An authenticated, well-formed event of a type its platform's schema does not know is kept
+# under this suffix (`alfred.unrecognised`), its original type left in the stored payload.
+UNRECOGNISED = "unrecognised"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +54,26 @@ class EventInvalid(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class PayloadPaths:
+    """Where a source's payload keeps what its platform has no fixed place for: dotted paths
+    (`event.kind`, `items.0.id`) to the type, the dedupe key and the event time."""
+
+    type: str | None = None
+    id: str | None = None
+    occurred_at: str | None = None
+
+
+NO_PATHS = PayloadPaths()
+
+
+@dataclass(frozen=True, slots=True)
 class Incoming:
-    """What a parser may look at: the JSON object and the request headers (lower-cased)."""
+    """What a parser may look at: the JSON object, the request headers (lower-cased) and the
+    source's payload paths."""
 
     payload: Mapping[str, Any]
     headers: Mapping[str, str] = field(default_factory=dict)
+    paths: PayloadPaths = NO_PATHS
 
 
 Parser = Callable[[Incoming, UnknownPolicy], "ParsedEvent | Handshake"]

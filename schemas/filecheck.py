@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from schemas.envelope import (
+    UNRECOGNISED,
     ErrorDetail,
     EventInvalid,
     Handshake,
@@ -25,7 +26,7 @@ from schemas.envelope import (
 
 COMPLETED = "filecheck.job.completed"
 CREATED = "filecheck.job.created"
-UNKNOWN_TYPE = "filecheck.unknown"
+UNKNOWN_TYPE = f"filecheck.{UNRECOGNISED}"
 COMPLETED_KEYS = ("taskIds", "finalized", "tasks")
 
 Status = Literal["pending", "running", "done", "skipped", "error"]

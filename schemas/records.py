@@ -12,7 +12,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from schemas.alfred import original_name
+from schemas.envelope import UNRECOGNISED
 
 DeliveryStatus = Literal["pending", "running", "succeeded", "dead"]
 EventStatus = Literal["unrouted", "pending", "delivered", "failed"]
@@ -91,6 +94,15 @@ class EventRecord(BaseModel):
     deliveries: list[DeliveryRecord] = []
     body: bytes | None = Field(default=None, exclude=True, repr=False)
     """The exact bytes received; given to handlers, left out of JSON answers."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def original_type(self) -> str | None:
+        """For a `<platform>.unrecognised` event, the name its sender gave it, when it has one
+        (Alfred's event name; a Filecheck body has none): read from the stored payload."""
+        if not self.type.endswith(f".{UNRECOGNISED}") or not isinstance(self.payload, dict):
+            return None
+        return original_name(self.payload)
 
 
 class EventPage(BaseModel):

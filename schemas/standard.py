@@ -1,65 +1,145 @@
-"""The Standard Webhooks envelope, for any platform that signs its deliveries that way.
+"""Standard Webhooks deliveries, and any other JSON object a signed sender posts.
 
-Standard Webhooks fixes only the envelope (`type`, `timestamp`, `data`) and carries the event id
-in the `webhook-id` header, so any sender can post to hookline without a platform-specific schema.
-The payload's own `type` is the canonical type; correlation keys are read from `data` by name.
+Standard Webhooks recommends the envelope `{type, timestamp, data}` and carries the event id in
+the `webhook-id` header (`svix-id` from Svix-backed senders), but the spec also shows payloads
+without `data`, and a plain HMAC-signed sender (GitHub's `X-Hub-Signature-256`) has no envelope
+at all. So any JSON object is an event: its type is the payload's own `type` (a string), else the
+value at the source's `type_path`, else `unknown`; the dedupe key is the value at `id_path`, else
+the message id header; the event time is `occurred_at_path` or `timestamp` (ISO 8601 or Unix
+seconds or milliseconds). Correlation keys are read from `data` by name, or from the top level
+when there is no `data` object.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.envelope import (
+    ErrorDetail,
     EventInvalid,
     Handshake,
     Incoming,
     ParsedEvent,
     UnknownPolicy,
-    pydantic_details,
 )
+
+UNKNOWN_TYPE = "unknown"
+# The type names the event in logs, metrics and route globs: printable, and of a sane length.
+TYPE_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+_TYPE_MSG = "String should be 1 to 200 printable characters"
+# Past this a number is taken as milliseconds: 1e11 seconds is the year 5138.
+_MILLISECONDS_FROM = 1e11
 
 
 class StandardEnvelope(BaseModel):
-    """A Standard Webhooks payload: a type, when it happened, and the event's data."""
+    """A Standard Webhooks payload: a type, when it happened, and the event's data. Every field
+    is optional and any other key is kept: a sender may post any JSON object."""
 
     model_config = ConfigDict(extra="allow")
 
-    # The type names the event in logs, metrics and route globs: printable, and of a sane length.
-    type: StrictStr = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-    timestamp: datetime
-    data: dict[str, Any]
+    type: str | None = Field(default=None, min_length=1, max_length=200)
+    timestamp: datetime | float | None = None
+    data: dict[str, Any] | None = None
 
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {"standard": StandardEnvelope}
+_MISSING = object()
 
 
-def _key(data: dict[str, Any], name: str) -> str | None:
-    value = data.get(name)
+def lookup(payload: Any, path: str) -> Any:
+    """The value at a dotted path (`data.file_id`, `items.0.id`), or None."""
+    node = payload
+    for part in path.split("."):
+        if isinstance(node, Mapping):
+            node = node.get(part, _MISSING)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+        if node is _MISSING:
+            return None
+    return node
+
+
+def message_prefix(headers: Mapping[str, str]) -> str:
+    """`webhook-` or `svix-`: the header family a delivery is signed with, as the Svix
+    libraries choose it (the unbranded one unless only the Svix one is there)."""
+    if "webhook-signature" not in headers and "svix-signature" in headers:
+        return "svix-"
+    return "webhook-"
+
+
+def _key(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         return None
     return str(value)
 
 
-def _seconds(moment: datetime) -> float:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.timestamp()
+def _checked(value: str, loc: tuple[str | int, ...]) -> str:
+    if not TYPE_PATTERN.fullmatch(value):
+        raise EventInvalid([ErrorDetail(loc, _TYPE_MSG)])
+    return value
+
+
+def _event_type(incoming: Incoming) -> str:
+    payload, path = incoming.payload, incoming.paths.type
+    own = payload.get("type")
+    if isinstance(own, str):
+        return _checked(own, ("type",))
+    if path:
+        found = lookup(payload, path)
+        if isinstance(found, str):
+            return _checked(found, tuple(path.split(".")))
+    return UNKNOWN_TYPE
+
+
+def moment(value: Any) -> float | None:
+    """Unix seconds from ISO 8601 text or Unix seconds/milliseconds (number or numeric text)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return _iso(value)
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    return value / 1000 if value >= _MILLISECONDS_FROM else float(value)
+
+
+def _iso(text: str) -> float | None:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _correlation_scope(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = payload.get("data")
+    return data if isinstance(data, dict) else payload
 
 
 def parse(incoming: Incoming, unknown: UnknownPolicy) -> ParsedEvent | Handshake:
-    """Validate one Standard Webhooks delivery; every type is allowed, so `unknown` is unused."""
-    try:
-        envelope = StandardEnvelope.model_validate(incoming.payload)
-    except ValidationError as exc:
-        raise EventInvalid(pydantic_details(exc)) from None
+    """Type and key one delivery; every type is allowed, so `unknown` is unused."""
+    payload, paths = incoming.payload, incoming.paths
+    upstream_id = _key(lookup(payload, paths.id)) if paths.id else None
+    if upstream_id is None:
+        upstream_id = incoming.headers.get(message_prefix(incoming.headers) + "id")
+    when = lookup(payload, paths.occurred_at) if paths.occurred_at else payload.get("timestamp")
+    scope = _correlation_scope(payload)
     return ParsedEvent(
-        type=envelope.type,
-        upstream_id=incoming.headers.get("webhook-id"),
-        occurred_at=_seconds(envelope.timestamp),
-        job_id=_key(envelope.data, "job_id"),
-        file_id=_key(envelope.data, "file_id"),
-        company_id=_key(envelope.data, "company_id"),
-        model=envelope,
+        type=_event_type(incoming),
+        upstream_id=upstream_id,
+        occurred_at=moment(when),
+        job_id=_key(scope.get("job_id")),
+        file_id=_key(scope.get("file_id")),
+        company_id=_key(scope.get("company_id")),
+        model=payload,
     )

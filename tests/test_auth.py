@@ -8,6 +8,8 @@ import hmac
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
@@ -373,3 +375,97 @@ def test_secret_header_names_are_lower_case() -> None:
                 "x-api-key", "x-tagshelfapi-key", "proxy-authorization"}
     assert required <= SECRET_HEADERS
     assert all(name == name.lower() for name in SECRET_HEADERS)
+
+
+# --- Svix header names and Ed25519 (v1a) signatures --------------------------------------------
+
+SEED = b"hookline-test-ed25519-seed-00000"  # 32 bytes
+OTHER_SEED = b"hookline-other-ed25519-seed-0000"
+
+
+def keypair(seed: bytes = SEED) -> tuple[Ed25519PrivateKey, str]:
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private, "whpk_" + base64.b64encode(raw).decode()
+
+
+def v1a(private: Ed25519PrivateKey, body: bytes = BODY, stamp: float = NOW,
+        msg_id: str = MSG_ID) -> str:
+    signed = f"{msg_id}.{int(stamp)}.".encode() + body
+    return "v1a," + base64.b64encode(private.sign(signed)).decode()
+
+
+def test_svix_header_names_carry_the_same_scheme() -> None:
+    headers = {name.replace("webhook-", "svix-"): value
+               for name, value in standard_headers().items()}
+    assert check(STANDARD, headers)
+    assert not check(settings("standard_webhooks", OTHER_SECRET), headers)
+    headers["svix-timestamp"] = str(int(NOW) - 301)
+    assert not check(STANDARD, headers)
+
+
+def test_a_partial_webhook_set_does_not_borrow_svix_headers() -> None:
+    # The family is chosen by its signature header, as the Svix libraries do.
+    headers = {name.replace("webhook-", "svix-"): value
+               for name, value in standard_headers().items()}
+    headers["webhook-signature"] = "v1,bm9wZQ=="
+    assert not check(STANDARD, headers)
+
+
+def test_v1a_verifies_against_a_public_key() -> None:
+    private, public = keypair()
+    auth = settings("standard_webhooks", public)
+    headers = {**standard_headers(), "webhook-signature": v1a(private)}
+    assert check(auth, headers)
+    assert not check(auth, headers, body=BODY + b" ")
+    assert not check(auth, headers, now=NOW + 301)
+    assert not check(settings("standard_webhooks", keypair(OTHER_SEED)[1]), headers)
+    # A v1a signature is never taken for a v1 one, nor checked against an HMAC secret.
+    assert not check(STANDARD, headers)
+    headers["webhook-signature"] = v1a(private).replace("v1a,", "v1,")
+    assert not check(auth, headers)
+
+
+def test_v1a_rotation_and_mixed_sources() -> None:
+    old_private, old_public = keypair(OTHER_SEED)
+    private, public = keypair()
+    auth = settings("standard_webhooks", SECRET, old_public, public)
+    for signature in (v1a(private), v1a(old_private), standard_headers()["webhook-signature"],
+                      f"v1,{base64.b64encode(b'x' * 32).decode()} {v1a(private)}"):
+        assert check(auth, {**standard_headers(), "webhook-signature": signature}), signature
+
+
+@pytest.mark.parametrize("signature", [
+    "v1a,", "v1a,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=", "v1a,%%%", "v1a",
+    "v1a," + base64.b64encode(b"x" * 64).decode(),
+])
+def test_v1a_malformed_fails_without_raising(signature: str) -> None:
+    auth = settings("standard_webhooks", keypair()[1])
+    assert check(auth, {**standard_headers(), "webhook-signature": signature}) is False
+
+
+def test_v1a_known_answer_from_the_reference_go_library() -> None:
+    # libraries/go/webhook_asymmetric_test.go TestAsymmetricWebhookSign (standard-webhooks#253).
+    private = Ed25519PrivateKey.from_private_bytes(
+        base64.b64decode("VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk="))
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    auth = settings("standard_webhooks", "whpk_" + base64.b64encode(raw).decode(),
+                    tolerance=2_000_000_000)
+    headers = {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330",
+        "webhook-signature": "v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqt"
+                             "aiHeYGb7KaaBRdM5WqyeFiL8Ag==",
+    }
+    assert check(auth, headers, body=b'{"test": 2432232314}')
+
+
+def test_sign_skips_public_keys_and_refuses_when_only_keys() -> None:
+    public = keypair()[1]
+    headers, _ = sign(settings("standard_webhooks", public, SECRET), BODY, NOW, MSG_ID)
+    assert headers["webhook-signature"] == standard_headers()["webhook-signature"]
+    with pytest.raises(ValueError, match="public keys"):
+        sign(settings("standard_webhooks", public), BODY, NOW, MSG_ID)
+
+
+def test_svix_signature_is_a_secret_header() -> None:
+    assert "svix-signature" in SECRET_HEADERS

@@ -136,3 +136,52 @@ auth = { scheme = "standard_webhooks", secrets = ["whsec_QUJDREVGR0g="] }
 def test_storage_urls_that_cannot_work_are_refused_at_load(url: str) -> None:
     [problem] = problems({"storage": {"url": url}})
     assert problem.startswith("storage")
+
+
+WHPK = "whpk_ZlN4eg7dSSqi0moX9hQUk3orrOouK3QVQSlJa248c/g="
+
+
+def standard_source(**extra: object) -> dict:
+    return {"platform": "standard",
+            "auth": {"scheme": "standard_webhooks",
+                     "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]},
+            **extra}
+
+
+def test_standard_sources_take_public_keys_and_payload_paths() -> None:
+    source = standard_source(type_path="action", id_path="hook.0.id", occurred_at_path="at")
+    source["auth"]["secrets"].append(WHPK)
+    settings = settings_from_mapping({"sources": {"gh": source}}, {})
+    paths = settings.sources["gh"].paths
+    assert (paths.type, paths.id, paths.occurred_at) == ("action", "hook.0.id", "at")
+
+
+@pytest.mark.parametrize(("secret", "reason"), [
+    ("whpk_abc", "a whpk_ key must be the base64 of a 32-byte Ed25519 public key"),
+    ("whpk_" + "A" * 60, "a whpk_ key must be the base64 of a 32-byte Ed25519 public key"),
+    ("whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=",
+     "a whsk_ private key signs; give hookline the sender's whpk_ public key"),
+    ("whsec_not base64!", "must be base64, optionally whsec_ (an HMAC secret) or whpk_"),
+])
+def test_bad_standard_keys_name_the_secret(secret: str, reason: str) -> None:
+    source = standard_source()
+    source["auth"]["secrets"].append(secret)
+    [problem] = problems({"sources": {"gh": source}})
+    assert problem.startswith(f"sources.gh.auth: secrets[1]: {reason}")
+
+
+def test_payload_paths_are_checked_with_their_key_path() -> None:
+    found = problems({"sources": {"gh": standard_source(type_path="a..b", id_path=" x")}})
+    assert found == [
+        "sources.gh.type_path: must be a dotted path into the payload, such as data.file_id",
+        "sources.gh.id_path: must be a dotted path into the payload, such as data.file_id",
+    ]
+    alfred = {"platform": "alfred", "auth": {"scheme": "query_token", "secrets": ["t"]},
+              "occurred_at_path": "event_time"}
+    assert problems({"sources": {"alfred": alfred}}) == [
+        "sources.alfred: occurred_at_path applies only to platform 'standard'"]
+
+
+def test_unknown_events_defaults_to_accept() -> None:
+    settings = settings_from_mapping({"sources": {"gh": standard_source()}}, {})
+    assert settings.sources["gh"].unknown_events == "accept"

@@ -6,11 +6,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.config import settings_from_mapping
+from app.main import create_app
 from conftest import (
     OLD_STANDARD_SECRET,
     FakeClock,
@@ -252,17 +255,37 @@ async def test_schema_invalid_is_422_with_details(client: httpx.AsyncClient) -> 
     assert any(d["loc"][-1] == "retries" and d["msg"] for d in error["details"])
 
 
-async def test_unknown_event_policy(client: httpx.AsyncClient) -> None:
+async def test_unknown_event_policy(
+    client: httpx.AsyncClient, config: dict[str, Any], clock: FakeClock, tmp_path: Path
+) -> None:
     event = json.loads(sample("alfred/alfred.file.done.json"))
     event["event"]["event_name"] = "file_teleported_event"
     body = json.dumps(event)
     headers = {"content-type": "application/json"}
-    rejected = await client.post("/webhooks/alfred?token=alfred-token", content=body, headers=headers)
+    # Accepting is the default: the alfred source does not set unknown_events.
+    accepted = await client.post(
+        "/webhooks/alfred?token=alfred-token", content=body, headers=headers)
+    assert accepted.status_code == 202
+    assert accepted.json()["type"] == "alfred.unrecognised"
+    stored = (await client.get(f"/api/events/{accepted.json()['id']}")).json()
+    assert stored["payload"]["event"]["event_name"] == "file_teleported_event"
+    assert stored["original_type"] == "file_teleported_event"
+    listed = (await client.get("/api/events", params={"type": "*.unrecognised"})).json()
+    assert [item["id"] for item in listed["items"]] == [accepted.json()["id"]]
+    metrics = (await client.get("/metrics")).text
+    assert 'type="alfred.unrecognised"' in metrics
+
+    config["sources"]["alfred"]["unknown_events"] = "reject"
+    config["storage"]["url"] = f"sqlite:///{tmp_path / 'strict.db'}"
+    strict = create_app(settings_from_mapping(config, {}), clock=clock)
+    async with strict.router.lifespan_context(strict), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=strict), base_url="http://hookline"
+    ) as strict_client:
+        rejected = await strict_client.post(
+            "/webhooks/alfred?token=alfred-token", content=body, headers=headers
+        )
     error = assert_error(rejected, 422, "schema_invalid")
     assert error["details"][0]["loc"] == ["event", "event_name"]
-    accepted = await client.post("/webhooks/open", content=body, headers=headers)
-    assert accepted.status_code == 202
-    assert accepted.json()["type"] == "alfred.unknown"
 
 
 async def test_every_alfred_and_filecheck_sample_is_accepted(client: httpx.AsyncClient) -> None:

@@ -15,6 +15,7 @@ from schemas import (
     Handshake,
     Incoming,
     ParsedEvent,
+    PayloadPaths,
     UnknownPolicy,
     event_models,
     export_json_schemas,
@@ -149,10 +150,28 @@ def test_unknown_alfred_event_is_rejected_or_accepted() -> None:
     error = invalid("alfred", payload)
     assert [d.loc for d in error.details] == [("event", "event_name")]
     accepted = parse("alfred", payload, "accept")
-    assert accepted.type == "alfred.unknown"
+    assert accepted.type == "alfred.unrecognised"
+    assert accepted.model.event.event_name == "file_teleported_event"
+    assert parse_event("alfred", Incoming(payload)) == accepted  # accept is the default
     assert accepted.file_id == payload["event"]["file_id"]
     del payload["event_id"]
     assert ("event_id",) in [d.loc for d in invalid("alfred", payload, "accept").details]
+
+
+def test_category_fields_take_what_docs_and_sdks_send() -> None:
+    # The docs give no range for confidence nor a type for description.
+    payload = load("alfred/alfred.file.category_create.json")
+    payload["event"]["confidence"] = 97
+    payload["event"]["description"] = {"label": "Invoice", "lang": "en"}
+    event = parse("alfred", payload, "reject").model.event
+    assert (event.confidence, event.description) == (97, {"label": "Invoice", "lang": "en"})
+
+
+def test_unknown_filecheck_shape_is_kept_by_default() -> None:
+    accepted = parse_event("filecheck", Incoming({"id": "job_7", "status": "done"}))
+    assert isinstance(accepted, ParsedEvent)
+    assert (accepted.type, accepted.upstream_id) == (
+        "filecheck.unrecognised", "filecheck.unrecognised:job_7")
 
 
 def test_wrong_scalar_gives_its_location() -> None:
@@ -211,7 +230,7 @@ def test_filecheck_unknown_shape_and_bad_enum() -> None:
     body = {"id": "job_9", "status": "done"}
     assert invalid("filecheck", body).details[0].loc == ()
     accepted = parse("filecheck", body, "accept")
-    assert (accepted.type, accepted.job_id) == ("filecheck.unknown", "job_9")
+    assert (accepted.type, accepted.job_id) == ("filecheck.unrecognised", "job_9")
     payload = load("filecheck/filecheck.job.completed.json")
     payload["status"] = "exploded"
     assert [d.loc for d in invalid("filecheck", payload).details] == [("status",)]
@@ -223,8 +242,64 @@ def test_standard_envelope() -> None:
     assert (parsed.type, parsed.upstream_id) == ("file.processing_failed", "msg_2b")
     assert parsed.file_id == payload["data"]["file_id"]
     assert parsed.occurred_at == 1793527200.0
+    # A payload without a type is still an event (the spec's envelope is a recommendation).
     del payload["type"]
-    assert [d.loc for d in invalid("standard", payload).details] == [("type",)]
+    assert parse("standard", payload, headers={"webhook-id": "msg_2c"}).type == "unknown"
+
+
+def test_standard_takes_any_object_with_paths_for_type_id_and_time() -> None:
+    payload = {"action": "opened", "delivery": {"guid": 72}, "at": 1_793_527_200_123,
+               "job_id": "j1", "file_id": 5, "company_id": True}
+    paths = PayloadPaths(type="action", id="delivery.guid", occurred_at="at")
+    parsed = parse_event("standard", Incoming(payload, {"webhook-id": "m1"}, paths))
+    assert isinstance(parsed, ParsedEvent)
+    assert (parsed.type, parsed.upstream_id) == ("opened", "72")
+    assert parsed.occurred_at == 1_793_527_200.123  # milliseconds
+    assert (parsed.job_id, parsed.file_id, parsed.company_id) == ("j1", "5", None)
+    # The payload's own type wins over type_path; a missing id falls back to the header.
+    parsed = parse_event("standard", Incoming(
+        {"type": "pr.opened", "action": "x"}, {"webhook-id": "m2"}, paths))
+    assert (parsed.type, parsed.upstream_id, parsed.occurred_at) == ("pr.opened", "m2", None)
+    # A type that is not a string falls through to the path, then to "unknown".
+    assert parse("standard", {"type": 3, "action": "closed"}, headers={}).type == "unknown"
+    parsed = parse_event("standard", Incoming({"type": 3, "action": "closed"}, {}, paths))
+    assert parsed.type == "closed"
+    bad = {"action": "a\nb"}
+    with pytest.raises(EventInvalid) as caught:
+        parse_event("standard", Incoming(bad, {}, paths))
+    assert [d.loc for d in caught.value.details] == [("action",)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2022-11-03T20:26:10.344522Z", 1667507170.344522),
+        ("2022-11-03T20:26:10", 1667507170.0),
+        (1_667_507_170, 1_667_507_170.0),
+        ("1667507170.5", 1_667_507_170.5),
+        (1_667_507_170_344, 1_667_507_170.344),
+        ("yesterday", None), (True, None), (-5, None), ({"at": 1}, None), ("nan", None),
+    ],
+)
+def test_standard_event_time_forms(value: Any, expected: float | None) -> None:
+    parsed = parse_event(
+        "standard", Incoming({"t": value}, {}, PayloadPaths(occurred_at="t")))
+    assert isinstance(parsed, ParsedEvent)
+    assert parsed.occurred_at == expected
+
+
+def test_standard_correlation_keys_from_data_else_top_level() -> None:
+    both = {"type": "t", "job_id": "top", "data": {"job_id": "inner"}}
+    assert parse("standard", both).job_id == "inner"
+    assert parse("standard", {"type": "t", "job_id": "top", "data": [1]}).job_id == "top"
+
+
+def test_standard_dedupe_key_from_svix_id() -> None:
+    headers = {"svix-id": "msg_s", "svix-timestamp": "1", "svix-signature": "v1,x"}
+    assert parse("standard", {"type": "t"}, headers=headers).upstream_id == "msg_s"
+    headers["webhook-signature"] = "v1,y"
+    headers["webhook-id"] = "msg_w"
+    assert parse("standard", {"type": "t"}, headers=headers).upstream_id == "msg_w"
 
 
 def test_unknown_platform_is_a_programming_error() -> None:
@@ -241,3 +316,30 @@ def test_export_writes_one_loadable_schema_per_type(tmp_path: Path) -> None:
         schema = json.loads(path.read_text())
         assert schema["type"] == "object"
         assert "properties" in schema
+
+
+CORPUS_ALFRED = Path(__file__).parents[2] / "shared" / "corpus" / "alfred"
+TYPED_FIELDS = {"merge": bool, "exceeded_retries": bool, "retries": int, "file_count": int}
+
+
+def _typed(raw: Any, kind: type) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    return raw == "true" if kind is bool else int(raw)
+
+
+@pytest.mark.parametrize("spelling", ["docs", "python_sdk", "node_sdk"])
+@pytest.mark.parametrize(
+    "stem", ["job_create", "job_retry", "job_exceeded_retries", "job_failed", "job_invalid"])
+def test_corpus_job_events_give_typed_values(spelling: str, stem: str) -> None:
+    # What a resubmission carries upstream (merge, counts) must be real booleans and integers,
+    # whichever spelling the event came in: the docs send "merge": "false", "retries": "2".
+    payload = json.loads((CORPUS_ALFRED / spelling / f"{stem}.json").read_text())
+    event = parse("alfred", payload, "reject").model.event
+    raw = payload["event"]
+    for name, kind in TYPED_FIELDS.items():
+        if name in raw:
+            value = getattr(event, name)
+            assert type(value) is kind and value == _typed(raw[name], kind), (name, value)
+    for name in ("error_messages", "file_urls"):
+        assert getattr(event, name, None) == raw.get(name)
