@@ -18,7 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings, demo_settings, load_settings, new_standard_secret
+from app.config import (
+    Settings,
+    demo_settings,
+    load_settings,
+    new_standard_secret,
+    with_overrides,
+)
 from app.errors import ConfigError
 from app.store import EventFilter, StoreError, store_from_url
 
@@ -52,6 +58,15 @@ def _console() -> Any:
     return console if console.is_terminal else Console(width=200)
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings `serve` runs with: the file's (or the demo's) with --host/--port applied and
+    the whole re-validated, so a flag cannot skip a check the file has to pass."""
+    settings = _settings(args.config)
+    flags = {key: value for key, value in (("host", args.host), ("port", args.port))
+             if value is not None}
+    return with_overrides(settings, {"server": flags}) if flags else settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -59,13 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
     from app.serving import Protocol, Server
 
-    settings = _settings(args.config)
+    settings = serve_settings(args)
     server = settings.server
-    if args.host or args.port is not None:
-        server = server.model_copy(
-            update={"host": args.host or server.host, "port": server.port if args.port is None else args.port}
-        )
-        settings = settings.model_copy(update={"server": server})
     configure_logging(args.log_format or server.log_format)
     if args.config is None:
         print(

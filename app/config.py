@@ -157,6 +157,7 @@ class Settings(_Model):
             if source.auth.scheme == "none" and not self.server.on_loopback:
                 raise ValueError(
                     f"source {name!r} uses auth scheme 'none', allowed only on a loopback host"
+                    f" (server.host is {self.server.host!r})"
                 )
         for index, route in enumerate(self.routes):
             if route.handler not in self.handlers:
@@ -180,11 +181,27 @@ def demo_settings(secret: str | None = None, base: Settings | None = None) -> Se
         auth=AuthSettings(scheme="standard_webhooks", secrets=[SecretStr(secret)]),
         unknown_events="accept",
     )
-    return (base or Settings()).model_copy(update={
+    return with_overrides(base or Settings(), {
         "sources": {"demo": source},
         "routes": [RouteSettings(match="*", source="demo", handler="log")],
         "handlers": {"log": HandlerSettings(use="log")},
     })
+
+
+def with_overrides(settings: Settings, updates: Mapping[str, Any]) -> Settings:
+    """`settings` with top-level keys replaced and tables merged (`{"server": {"host": ...}}`
+    sets one key of [server]), validated exactly as a config file is: a command-line value can
+    no more open an unsigned source to the network than the file can. ConfigError otherwise."""
+    data = settings.model_dump()
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
 
 
 def new_standard_secret() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,57 @@ import pytest
 from app.cli import parse_when
 
 
-def hookline(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def hookline(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=60, check=False,
+        timeout=timeout, check=False, env=env,
     )
+
+
+UNSIGNED = """
+[storage]
+url = "memory://"
+[sources.open]
+platform = "standard"
+auth = { scheme = "none" }
+"""
+
+
+def test_serve_flags_cannot_open_an_unsigned_source_to_the_network(tmp_path: Path) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    # Before the fix this served: the test would then time out rather than pass.
+    run = hookline("serve", "--config", str(config), "--host", "0.0.0.0", "--port", "0",
+                   cwd=tmp_path, timeout=30)
+    assert run.returncode == 1
+    assert run.stderr.startswith("invalid configuration:\n")
+    assert "source 'open' uses auth scheme 'none', allowed only on a loopback host" in run.stderr
+    assert "0.0.0.0" in run.stderr and "Traceback" not in run.stderr
+    # The environment override goes through the same check.
+    env = {**os.environ, "HOOKLINE_SERVER__HOST": "0.0.0.0"}
+    run = hookline("serve", "--config", str(config), "--port", "0", cwd=tmp_path, env=env,
+                   timeout=30)
+    assert run.returncode == 1 and "allowed only on a loopback host" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_serve_settings_validates_every_flag(tmp_path: Path) -> None:
+    from app.cli import build_parser, serve_settings
+    from app.errors import ConfigError
+
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    args = build_parser().parse_args(["serve", "--config", str(config), "--host", "0.0.0.0"])
+    with pytest.raises(ConfigError, match="allowed only on a loopback host"):
+        serve_settings(args)
+    args = build_parser().parse_args(["serve", "--config", str(config), "--port", "70000"])
+    with pytest.raises(ConfigError, match="server.port"):
+        serve_settings(args)
+    args = build_parser().parse_args(["serve", "--config", str(config), "--host", "::1",
+                                      "--port", "9003"])
+    server = serve_settings(args).server
+    assert (server.host, server.port) == ("::1", 9003)
 
 
 def test_parse_when() -> None:
