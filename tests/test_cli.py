@@ -172,3 +172,106 @@ def test_events_list_uses_the_api_filters(tmp_path: Path) -> None:
     assert json.loads(none.stdout)["items"] == []
     table = hookline("events", "list", "--config", str(config), "--limit", "1", cwd=tmp_path)
     assert ids[-1] in table.stdout and "more: --cursor" in table.stderr
+
+
+HOSTILE_TYPES = [
+    "rich.[/bogus]",  # closing tag with no opening one: rich raises MarkupError
+    "file.[bold red][link=https://evil.example/]alarm[/link][/bold red]",
+    "file.\x9b2J\u202egnp.exe",  # 8-bit CSI (clear screen), right-to-left override
+]
+# A type may not hold C0 controls, but a job id is the sender's text as it came.
+HOSTILE_JOB = "j\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[2J"
+
+
+def _seed_types(tmp_path: Path, types: list[str]) -> tuple[Path, list[str]]:
+    """A config whose one source accepts any type, routed to `log`, and one event per type."""
+    import asyncio
+
+    import httpx
+
+    from app.config import load_settings
+    from app.main import create_app
+    from app.worker import WorkerSettings
+    from conftest import FakeClock, standard_body, standard_headers
+
+    config = tmp_path / "hookline.toml"
+    config.write_text(f"""
+[storage]
+url = "sqlite:///{tmp_path / 'cli.db'}"
+[sources.partner]
+platform = "standard"
+unknown_events = "accept"
+auth = {{ scheme = "standard_webhooks", secrets = ["whsec_aG9va2xpbmUtdGVzdC1zZWNyZXQtMDEyMzQ1Njc4OQ=="] }}
+[[routes]]
+match = "*"
+handler = "log"
+[handlers.log]
+use = "log"
+""")
+
+    async def seed() -> list[str]:
+        clock = FakeClock()
+        app = create_app(load_settings(config), clock=clock,
+                         worker_settings=WorkerSettings(background=False))
+        ids = []
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+                for n, event_type in enumerate(types):
+                    body = standard_body(event_type, file_id=f"f{n}", job_id=HOSTILE_JOB)
+                    r = await client.post("/webhooks/partner", content=body,
+                                          headers=standard_headers(body, clock.now(), f"m{n}"))
+                    assert r.status_code == 202, r.text
+                    ids.append(r.json()["id"])
+        return ids
+
+    return config, asyncio.run(seed())
+
+
+def _assert_inert(output: str) -> None:
+    assert "\x1b" not in output and "\x9b" not in output and "\u202e" not in output
+    assert "Traceback" not in output and "MarkupError" not in output
+
+
+def test_event_data_is_printed_as_plain_text(tmp_path: Path) -> None:
+    config, ids = _seed_types(tmp_path, HOSTILE_TYPES)
+    env = {**os.environ, "COLUMNS": "400"}
+    listed = hookline("events", "list", "--config", str(config), cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    _assert_inert(listed.stdout + listed.stderr)
+    assert "rich.[/bogus]" in listed.stdout
+    assert "red][link=https://evil.example/]alarm[/link][/bold" in listed.stdout  # not obeyed
+    assert "\\x9b2J\\u202egnp.exe" in listed.stdout
+    assert "j\\x1b]8;;https://evil.example/\\x1b\\click" in listed.stdout
+
+    plan = hookline("replay", *ids, "--plan", "--config", str(config), cwd=tmp_path, env=env)
+    assert plan.returncode == 0, plan.stderr
+    _assert_inert(plan.stdout + plan.stderr)
+    assert "rich.[/bogus]" in plan.stdout and "alarm[/link]" in plan.stdout
+
+    shown = hookline("events", "show", ids[0], "--config", str(config), cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    _assert_inert(shown.stdout)  # JSON escapes every control character
+
+    missing = hookline("replay", "evt_[/x]\x1b[31m", "--config", str(config), cwd=tmp_path,
+                       env=env)
+    assert missing.returncode == 1
+    _assert_inert(missing.stdout + missing.stderr)
+    assert "evt_[/x]\\x1b[31m" in missing.stdout
+
+
+def test_entity_timeline_is_printed_as_plain_text(tmp_path: Path) -> None:
+    config, _ = _seed_types(tmp_path, HOSTILE_TYPES[:1])
+    env = {**os.environ, "COLUMNS": "400"}
+    shown = hookline("files", "show", "f0", "--config", str(config), cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    _assert_inert(shown.stdout + shown.stderr)
+    assert "rich.[/bogus]" in shown.stdout
+
+
+def test_plain_escapes_controls_and_bidi() -> None:
+    from app.cli import plain
+
+    assert plain("a\x1b[31mb\x07\x9b\u202e\u2066c\td") == (
+        "a\\x1b[31mb\\x07\\x9b\\u202e\\u2066c\\x09d")
+    assert plain("ok: é ü 日本 [b]x[/b]") == "ok: é ü 日本 [b]x[/b]"
