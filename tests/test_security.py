@@ -612,3 +612,37 @@ def test_forward_refuses_allowed_host_entries_it_cannot_read(entry: str) -> None
         ForwardOptions.model_validate({"url": "https://receiver.example/h",
                                        "allowed_hosts": [entry]})
 
+
+
+# Credentials in a query string are redacted wherever the URL is logged or stored.
+
+CREDENTIAL_QUERY = (
+    f"token=alfred-token&access_token=S3CR3T-q1&api_key=S3CR3T-q2&apiKey=S3CR3T-q3"
+    f"&X-Amz-Signature=S3CR3T-q4&sig=S3CR3T-q5&client_secret=S3CR3T-q6&password=S3CR3T-q7"
+    f"&code=S3CR3T-q8&auth=S3CR3T-q9&page=2&keyword=kept"
+)
+REDACTED_QUERY = (
+    "token=REDACTED&access_token=REDACTED&api_key=REDACTED&apiKey=REDACTED"
+    "&X-Amz-Signature=REDACTED&sig=REDACTED&client_secret=REDACTED&password=REDACTED"
+    "&code=REDACTED&auth=REDACTED&page=2&keyword=kept"
+)
+
+
+async def test_credential_query_keys_never_reach_the_access_log_or_the_store(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hookline.access")
+    body = sample("alfred/alfred.job.failed.json")
+    accepted = await client.post(f"/webhooks/alfred?{CREDENTIAL_QUERY}", content=body,
+                                 headers={"content-type": "application/json"})
+    assert accepted.status_code == 202, accepted.text
+    listed = await client.get(f"/api/events?{CREDENTIAL_QUERY}")
+    stored = (await client.get(f"/api/events/{accepted.json()['id']}")).json()
+    assert stored["query"] == REDACTED_QUERY
+    access = [record for record in caplog.records if record.name == "hookline.access"]
+    paths = [record.fields["path"] for record in access]  # type: ignore[attr-defined]
+    assert paths[0] == f"/webhooks/alfred?{REDACTED_QUERY}"
+    assert paths[1] == f"/api/events?{REDACTED_QUERY}"
+    assert listed.status_code in (200, 400)
+    assert "S3CR3T" not in caplog.text + " ".join(paths)
+    assert "alfred-token" not in caplog.text + " ".join(paths)
