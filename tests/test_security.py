@@ -488,11 +488,45 @@ async def test_api_tokens_are_decided_by_compare_digest(
         refusing = install(monkeypatch, False)
         assert (await client.get("/api/whoami", headers=real)).status_code == 401
         assert len(refusing.calls) == len(API_TOKENS["tokens"])
-        assert all(presented == READ_TOKEN.encode() for _, presented in refusing.calls)
+        # Digests are compared, never the tokens: 32 bytes whatever a token's length.
+        read_digest = hashlib.sha256(READ_TOKEN.encode()).digest()
+        assert all(presented == read_digest for _, presented in refusing.calls)
+        assert {hashlib.sha256(t["token"].encode()).digest()
+                for t in API_TOKENS["tokens"]} == {configured for configured, _ in refusing.calls}
         monkeypatch.undo()
         assert (await client.get("/api/whoami", headers=wrong)).status_code == 401
         install(monkeypatch, True)
         assert (await client.get("/api/whoami", headers=wrong)).status_code == 200
+
+
+def test_api_token_match_compares_fixed_size_digests_of_every_token(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api import matching_token
+    from app.config import ApiToken
+
+    tokens = [ApiToken(name=name, token=SecretStr(value)) for name, value in (
+        ("short", "s"), ("long", "S3CR3T-" + "x" * 200), ("mid", READ_TOKEN))]
+    assert matching_token(tokens, READ_TOKEN) is tokens[2]
+    assert matching_token(tokens, "s") is tokens[0]
+    for wrong in ("", "S", READ_TOKEN[:-1], READ_TOKEN + "x", "y" * 5000):
+        assert matching_token(tokens, wrong) is None
+    compares = install(monkeypatch, False)
+    for presented in ("", "s", "x" * 5000):
+        compares.calls.clear()
+        assert matching_token(tokens, presented) is None
+        # Every token, in order, with both sides 32 bytes: no early exit, no length to time.
+        assert len(compares.calls) == len(tokens)
+        assert {(len(a), len(b)) for a, b in compares.calls} == {(32, 32)}
+        assert [a for a, _ in compares.calls] == [
+            hashlib.sha256(t.token.get_secret_value().encode()).digest() for t in tokens]
+    monkeypatch.undo()
+    # The compare reads no token's length: nothing in it could stop early on one.
+    import inspect
+
+    from app import api
+    source = inspect.getsource(api.matching_token) + inspect.getsource(api._digest)
+    assert "len(" not in source and "compare_digest" in source
 
 
 # forward goes only where it is allowed.
