@@ -55,9 +55,10 @@ def _console() -> Any:
     highlight; wide when writing to a pipe, so ids are never wrapped."""
     from rich.console import Console
 
-    plain_text = {"markup": False, "emoji": False, "highlight": False}
-    console = Console(**plain_text)
-    return console if console.is_terminal else Console(width=200, **plain_text)
+    console = Console(markup=False, emoji=False, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(width=200, markup=False, emoji=False, highlight=False)
 
 
 # Event data is the senders' text: a type or id may carry terminal escapes (colours, OSC 8
