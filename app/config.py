@@ -156,8 +156,8 @@ class Settings(_Model):
                 raise ValueError(f"source name {name!r} may hold only letters, digits, _ and -")
             if source.auth.scheme == "none" and not self.server.on_loopback:
                 raise ValueError(
-                    f"source {name!r} uses auth scheme 'none', allowed only on a loopback host"
-                    f" (server.host is {self.server.host!r})"
+                    f"sources.{name}.auth.scheme: 'none' is allowed only on a loopback host,"
+                    f" and server.host is {self.server.host!r}"
                 )
         for index, route in enumerate(self.routes):
             if route.handler not in self.handlers:
@@ -297,6 +297,9 @@ def _resolve_env(
     return out
 
 
+_LOCATED = re.compile(r"[A-Za-z_][\w.\[\]-]*: ")
+
+
 def _describe(error: Any) -> str:
     loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
     where = _join(loc) or "config"
@@ -309,6 +312,8 @@ def _describe(error: Any) -> str:
     if kind == "missing":
         return f"{where}: required"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc and _LOCATED.match(message):
+        return message  # a check across sections, which names its own key path
     return f"{where}: {message}"
 
 

@@ -80,6 +80,7 @@ def test_scheme_none_refused_off_loopback() -> None:
     raw = {"server": {"host": "0.0.0.0"},
            "sources": {"x": {"platform": "standard", "auth": {"scheme": "none"}}}}
     assert "allowed only on a loopback host" in problems(raw)[0]
+    assert problems(raw)[0].startswith("sources.x.auth.scheme: ")
     loopback = {**raw, "server": {"host": "127.0.0.1"}}
     assert isinstance(settings_from_mapping(loopback, {}), Settings)
 
@@ -92,8 +93,8 @@ def test_overrides_are_validated_like_the_file() -> None:
     with pytest.raises(ConfigError) as info:
         with_overrides(settings, {"server": {"host": "0.0.0.0"}})
     assert info.value.problems == [
-        "config: source 'x' uses auth scheme 'none', allowed only on a loopback host"
-        " (server.host is '0.0.0.0')"]
+        "sources.x.auth.scheme: 'none' is allowed only on a loopback host,"
+        " and server.host is '0.0.0.0'"]
     with pytest.raises(ConfigError) as info:
         with_overrides(settings, {"server": {"port": 70000}})
     assert info.value.problems == ["server.port: Input should be less than or equal to 65535"]
