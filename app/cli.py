@@ -169,6 +169,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import httpx
 
     from app import auth
+    from handlers.headers import transport_error
 
     settings = _settings(args.config)
     source = settings.sources.get(args.source)
@@ -181,8 +182,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     url = args.url or f"http://{settings.server.host}:{settings.server.port}/webhooks/{args.source}"
     try:
         response = httpx.post(url, content=body, headers=headers, params=query, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"could not reach {auth.redact_url(url)}: {exc}", file=sys.stderr)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        # The type only: httpx's message may quote a header, and a header may be the token.
+        print(f"could not reach {plain(auth.redact_url(url))}: {transport_error(exc)}",
+              file=sys.stderr)
         return 1
     print(response.status_code)
     print(plain(response.text))

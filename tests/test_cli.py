@@ -275,3 +275,31 @@ def test_plain_escapes_controls_and_bidi() -> None:
     assert plain("a\x1b[31mb\x07\x9b\u202e\u2066c\td") == (
         "a\\x1b[31mb\\x07\\x9b\\u202e\\u2066c\\x09d")
     assert plain("ok: é ü 日本 [b]x[/b]") == "ok: é ü 日本 [b]x[/b]"
+
+
+def test_send_reports_a_failed_request_without_its_headers(tmp_path: Path) -> None:
+    secret = "S3CR3T-send-token-5b2e"
+    config = tmp_path / "hookline.toml"
+    config.write_text(f"""
+[sources.fc]
+platform = "filecheck"
+auth = {{ scheme = "header_token", header = "x-hook-token", secrets_env = "FC_TOKEN" }}
+""")
+    sample = tmp_path / "event.json"
+    sample.write_text("{}")
+    import socket
+
+    with socket.socket() as listener:  # accepts, so the request is built and refused locally
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/webhooks/fc?access_token={secret}"
+        # A source secret with a line break inside: the HTTP library refuses the header and
+        # quotes its value in the error.
+        env = {**os.environ, "FC_TOKEN": f"{secret}\nx"}
+        run = hookline("send", "fc", str(sample), "--url", url, "--config", str(config),
+                       cwd=tmp_path, env=env, timeout=30)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr == (f"could not reach http://127.0.0.1:{url.split(':')[2].split('/')[0]}"
+                          "/webhooks/fc?access_token=REDACTED: LocalProtocolError calling"
+                          " 127.0.0.1\n")
+    assert secret not in run.stdout + run.stderr
