@@ -11,10 +11,11 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from handlers import Context, Event
 from handlers.forward import raise_for_outcome
+from handlers.headers import url_problem
 
 
 class SlackOptions(BaseModel):
@@ -23,6 +24,18 @@ class SlackOptions(BaseModel):
     webhook_url: SecretStr
     template: str = "{type} from {source}: job {job_id} file {file_id}"
     timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _sendable_url(cls, value: SecretStr) -> SecretStr:
+        # The URL is the credential: checked here so that no error ever has to quote it.
+        url = value.get_secret_value()
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        problem = url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class _Fields(dict[str, Any]):
