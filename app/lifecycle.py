@@ -105,9 +105,10 @@ def outcome_of(step: Step) -> Outcome | None:
 
 
 def _filecheck_outcome(job: dict[str, Any]) -> Outcome:
-    tasks = job.get("tasks") if isinstance(job.get("tasks"), list) else []
+    tasks = job.get("tasks")
     errored = job.get("status") == "error" or any(
-        isinstance(t, dict) and t.get("status") == "error" for t in tasks
+        isinstance(t, dict) and t.get("status") == "error"
+        for t in (tasks if isinstance(tasks, list) else [])
     )
     return "failed" if errored or job.get("outcome") == "fail" else "succeeded"
 

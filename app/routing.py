@@ -121,7 +121,7 @@ class _Fields:
     """Where `where` paths are read: the validated view first (dumped on first use), then the
     raw payload for what the model does not have."""
 
-    __slots__ = ("payload", "model", "view")
+    __slots__ = ("model", "payload", "view")
 
     def __init__(self, payload: Any, model: Any) -> None:
         self.payload = payload

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 
 from app.config import settings_from_mapping
-
 from app.lifecycle import (
     Step,
     fold,
@@ -164,8 +163,8 @@ def test_events_received_out_of_order_fold_by_their_own_times() -> None:
     assert [s["occurred_at"] for s in life.timeline] == [100, 300]
     assert life.time_to_done == 200  # own times, not the 10 s between receipts
     assert (life.first_seen, life.last_seen) == (1000, 1010)  # receipts
-    assert life.anomalies == ["alfred.job.start (a) occurred before alfred.job.finished, "
-                              "which arrived earlier"]
+    assert life.anomalies == [
+        "alfred.job.start (a) occurred before alfred.job.finished, which arrived earlier"]
     late_retry = fold("job", "j", [Step("f", "alfred.job.failed", 1000, occurred_at=200),
                                    Step("r", "alfred.job.retry", 1010, occurred_at=100)])
     assert (late_retry.state, late_retry.restarts) == ("failed", 0)
@@ -175,8 +174,8 @@ def test_receipt_time_is_the_fallback() -> None:
     mixed = [Step("a", "job.started", 50), Step("b", "job.failed", 60, occurred_at=40)]
     life = fold("job", "j", mixed)
     assert [s["id"] for s in life.timeline] == ["b", "a"]
-    assert life.state == "failed" and life.anomalies == ["job.started (a) after the story "
-                                                         "ended failed"]
+    assert life.state == "failed"
+    assert life.anomalies == ["job.started (a) after the story ended failed"]
 
 
 def test_hookline_records_never_go_before_what_arrived_earlier() -> None:
