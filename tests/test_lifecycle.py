@@ -259,12 +259,16 @@ async def test_api_folds_alfred_events_received_out_of_order(
             assert answer.status_code == 202, answer.text
             clock.advance(5)
         story = (await client.get("/api/jobs/job-1")).json()
-        assert [s["type"] for s in story["timeline"]] == ["alfred.job.start", "alfred.job.finished"]
-        assert (story["state"], story["outcome"], story["restarts"]) == ("succeeded", "succeeded", 0)
+        assert [s["type"] for s in story["timeline"]] == [
+            "alfred.job.start", "alfred.job.finished"]
+        assert (story["state"], story["outcome"], story["restarts"]) == (
+            "succeeded", "succeeded", 0)
         assert story["time_to_done"] == 100.0
 
 
-async def test_api_repeated_failures_then_a_retry_under_way(tmp_path: Path, clock: FakeClock) -> None:
+async def test_api_repeated_failures_then_a_retry_under_way(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     readings: list[dict[str, Any]] = []
 
     def dcycle(request: httpx.Request) -> httpx.Response:
