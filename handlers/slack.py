@@ -2,7 +2,8 @@
 
 The template is `str.format` over the event's fields (`id`, `type`, `source`, `job_id`,
 `file_id`, `company_id`) plus the top-level payload keys and a few conveniences (`error`: the
-first error message the platform sent). Unknown fields render as empty, never as a crash.
+latest error the event reports, see handlers/error_text.py). Unknown fields render as empty,
+never as a crash.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from handlers import Context, Event
+from handlers.error_text import error_text
 from handlers.forward import raise_for_outcome
 from handlers.headers import url_problem
 
@@ -54,12 +56,11 @@ class _Formatter(string.Formatter):
 def template_fields(event: Event) -> dict[str, Any]:
     payload = event.payload if isinstance(event.payload, Mapping) else {}
     inner = payload.get("event") if isinstance(payload.get("event"), Mapping) else {}
-    errors = inner.get("error_messages") or payload.get("error_messages") or []
     fields = _Fields({**payload, **inner})
     fields.update(
         id=event.id, type=event.type, source=event.source, job_id=event.job_id or "",
         file_id=event.file_id or "", company_id=event.company_id or "",
-        error=errors[0] if isinstance(errors, list) and errors else "",
+        error=error_text(payload),
         data=payload.get("data", {}),
     )
     return fields
