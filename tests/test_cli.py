@@ -60,7 +60,7 @@ use = "fake_handlers:refuses"
         ids = []
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 for n in range(3):
                     body = standard_body()
                     r = await client.post("/webhooks/partner", content=body,

@@ -232,12 +232,12 @@ def test_no_secret_leaves_a_real_server(tmp_path: Path) -> None:
             ids = drive(t)
             wait_until(lambda: dead_ops(t) == 1 and forward.count() >= len(ids))
             replayed = t.record(httpx.post(
-                f"{server.url}/api/events/{ids[2]}/replay",
+                f"{server.url}/api/events/{ids[2]}/replay", json={},
                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10))
             assert replayed.status_code == 202
-            t.record(httpx.post(f"{server.url}/api/replay", json={"dry_run": True},
+            t.record(httpx.post(f"{server.url}/api/replay", json={"type": "*", "dry_run": True},
                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10))
-            t.record(httpx.post(f"{server.url}/api/replay", json={"dry_run": True},
+            t.record(httpx.post(f"{server.url}/api/replay", json={"type": "*", "dry_run": True},
                                 headers={"authorization": f"Bearer {READ_TOKEN}"}, timeout=10))
             wait_until(lambda: dead_ops(t) == 2 and dcycle.count() >= 1)
             for event_id in ids:
@@ -390,7 +390,8 @@ async def test_every_api_route_refuses_wrong_credentials_and_scopes(guarded: Sta
             else:
                 assert as_reader.status_code in (200, 404), (path, as_reader.text)
             if method == "POST":
-                as_admin = await client.request(method, path, json={"dry_run": True}, headers={
+                as_admin = await client.request(method, path, json={"type": "*", "dry_run": True},
+                                                headers={
                     "authorization": f"bearer {ADMIN_TOKEN}"})
                 assert as_admin.status_code in (200, 404), (path, as_admin.text)
 
