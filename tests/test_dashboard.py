@@ -93,7 +93,7 @@ def post_event(server: ServerProcess, msg_id: str, job_id: str) -> str:
 @contextmanager
 def browser_page(server: ServerProcess, missing: tuple[str, ...] = ()) -> Iterator[Page]:
     """A fresh page at 1280 px wide, where the paths in `missing` answer 404 as an older server
-    would; fails the test on any uncaught script error."""
+    would; fails the test on any uncaught script error or Content-Security-Policy violation."""
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
@@ -102,6 +102,9 @@ def browser_page(server: ServerProcess, missing: tuple[str, ...] = ()) -> Iterat
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("pageerror", lambda error: errors.append(str(error)))
+            # A Content-Security-Policy violation is only a console message: fail on it too.
+            page.on("console", lambda message: errors.append(message.text)
+                    if "Content Security Policy" in message.text else None)
             for path in missing:
                 page.route(f"{server.url}{path}*", lambda route: route.fulfill(
                     status=404, content_type="application/json",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,38 @@ async def test_raw_is_a_download_no_browser_renders(
     assert raw.headers["x-content-type-options"] == "nosniff"
     assert raw.headers["content-security-policy"] == "default-src 'none'; sandbox"
     assert raw.headers["x-hookline-content-type"] == "application/json; charset=utf-8"
+
+
+# The page may not be framed, sniffed or made to run anything but its own script.
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
+async def test_the_page_and_its_assets_carry_a_strict_policy(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200
+    policy = {d.split()[0]: d.split()[1:]
+              for d in response.headers["content-security-policy"].split("; ")}
+    assert policy["default-src"] == ["'none'"]
+    assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+
+
+def test_the_page_needs_nothing_inline() -> None:
+    # What the policy would block: inline script or style, handlers in markup.
+    static = Path(__file__).parents[1] / "app" / "static"
+    page = (static / "index.html").read_text()
+    script = (static / "app.js").read_text()
+    assert re.findall(r"<script\b[^>]*>", page) == [
+        '<script type="module" src="/static/app.js">']
+    assert "<style" not in page and " style=" not in page
+    assert not re.search(r"\son[a-z]+=", page)
+    for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "new Function",
+                  "document.write", '"style"', ".cssText"):
+        assert risky not in script, risky
 
 
 # The open API serves loopback only, and state changes need a JSON body.
