@@ -138,6 +138,9 @@ def create_app(
         worker_settings=worker_settings,
     )
     owns_http = http is None
+    # Types a route names literally are as known as the schemas' (see app.metrics).
+    runtime.metrics.types.know(r.match for r in runtime.routes if not set(r.match) & set("*?["))
+    runtime.metrics.sources.know(settings.sources)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

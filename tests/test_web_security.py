@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 
 from app.config import settings_from_mapping
 from app.main import create_app
+from app.metrics import OTHER_VALUES_CAP, Metrics
 from app.runtime import Runtime
 from app.web_guard import is_loopback_host, is_loopback_origin
 from app.worker import WorkerSettings
@@ -391,3 +392,42 @@ async def test_live_tails_are_capped(tmp_path: Path, clock: FakeClock) -> None:
         for tail in (tails[1], again):
             await tail.leave()
         assert application.state.tails.open == 0
+
+
+# /metrics stays small whatever types senders invent.
+
+def test_metrics_size_is_bounded_by_label_caps() -> None:
+    metrics = Metrics()
+    for n in range(20_000):
+        metrics.accepted("partner", f"invented.type.{n}", duplicate=False)
+        metrics.rejected(f"source-{n}", f"reason_{n}")
+    metrics.accepted("partner", "alfred.job.failed", duplicate=False)
+    text = metrics.render(0, None).body.decode()
+    assert len(text) < 100_000
+    series = [line for line in text.splitlines()
+              if line.startswith("hookline_events_received_total")]
+    assert len(series) <= 2 * (OTHER_VALUES_CAP + 1) + 1
+    assert 'type="other"' in text and 'source="other"' in text and 'reason="other"' in text
+    assert 'type="alfred.job.failed"' in text  # a schema's type is never lumped in
+    assert 'type="invented.type.0"' in text  # the first ones keep their names
+
+
+async def test_metrics_keep_the_types_routes_name(tmp_path: Path, clock: FakeClock) -> None:
+    config = base_config(tmp_path / "metrics.db")
+    config["handlers"] = {"log": {"use": "log"}}
+    config["routes"] = [{"match": "file.routed", "handler": "log"},
+                        {"match": "file.*", "handler": "log"}]
+    application = make_app(config, clock)
+    async with application.router.lifespan_context(application):
+        application.state.runtime.metrics.types.cap = 2
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            for n, event_type in enumerate(["a.one", "a.two", "a.three", "a.four", "file.routed"]):
+                body = standard_body(event_type)
+                response = await c.post("/webhooks/partner", content=body,
+                                        headers=standard_headers(body, clock.now(), f"m{n}"))
+                assert response.status_code == 202
+            text = (await c.get("/metrics")).text
+    counts = {labels: value for labels, value in re.findall(
+        r'hookline_events_received_total\{[^}]*type="([^"]*)"[^}]*\} (\S+)', text)}
+    assert counts == {"a.one": "1.0", "a.two": "1.0", "other": "2.0", "file.routed": "1.0"}
