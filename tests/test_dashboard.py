@@ -210,6 +210,29 @@ def test_open_api_asks_for_no_token(tmp_path: Path) -> None:
         expect(page.locator("#sign-out")).to_be_hidden()
 
 
+def test_what_senders_send_is_shown_as_text_never_as_markup(tmp_path: Path) -> None:
+    require_browser()
+    from playwright.sync_api import expect
+
+    hostile = '<img src=x onerror="window.pwned=1"><b id="injected">bold</b>'
+    config = write_config(tmp_path, tokens=False)
+    with running_server(["--config", str(config)], cwd=tmp_path) as server, \
+            browser_page(server) as page:
+        expect(page.locator("#events-empty")).to_be_visible(timeout=WAIT)
+        event_id = post_event(server, "msg-hostile", hostile)
+        row = page.locator(f'#events tbody tr[data-event-id="{event_id}"]')
+        expect(row).to_contain_text(hostile, timeout=WAIT)
+        row.click()
+        expect(page.locator("#detail-payload")).to_contain_text("onerror", timeout=WAIT)
+        page.click("#raw-button")
+        expect(page.locator("#raw-body")).to_contain_text("onerror", timeout=WAIT)
+        page.locator("#lifecycle-id").fill(hostile)
+        page.click("#lifecycle-open")
+        expect(page.locator("#lifecycle-body")).to_contain_text(hostile, timeout=WAIT)
+        assert page.locator("#app img, #injected").count() == 0
+        assert page.evaluate("window.pwned") is None
+
+
 def test_degrades_without_the_newer_endpoints(tmp_path: Path) -> None:
     require_browser()
     from playwright.sync_api import expect

@@ -431,3 +431,28 @@ async def test_metrics_keep_the_types_routes_name(tmp_path: Path, clock: FakeClo
     counts = {labels: value for labels, value in re.findall(
         r'hookline_events_received_total\{[^}]*type="([^"]*)"[^}]*\} (\S+)', text)}
     assert counts == {"a.one": "1.0", "a.two": "1.0", "other": "2.0", "file.routed": "1.0"}
+
+
+# Filters are parameters of the statements, never part of them.
+
+SQL_HOSTILE = ["' OR '1'='1", "x'; DROP TABLE events; --", '" OR ""="', "\\", "%", "_", "[a-z]",
+               "'); DELETE FROM deliveries; --", "1 UNION SELECT * FROM events"]
+
+
+@pytest.mark.parametrize("value", SQL_HOSTILE)
+async def test_sql_in_a_filter_is_only_a_value(
+    client: httpx.AsyncClient, clock: FakeClock, value: str
+) -> None:
+    bodies = [standard_body(), standard_body(note=f"has {value} inside")]
+    for n, body in enumerate(bodies):
+        await post_event(client, clock, f"sql-{n}", body)
+    for name in ("source", "type", "status", "job_id", "file_id"):
+        page = await client.get("/api/events", params={name: value})
+        assert page.status_code == 200 and page.json()["items"] == [], (name, page.text)
+    found = await client.get("/api/events", params={"q": value})
+    literal = [body for body in bodies if value.encode() in body]  # not a LIKE pattern
+    assert len(found.json()["items"]) == len(literal)
+    dead = await client.get("/api/deliveries", params={"handler": value, "type": value})
+    assert dead.status_code == 200 and dead.json()["items"] == []
+    everything = await client.get("/api/events")
+    assert len(everything.json()["items"]) == 2
