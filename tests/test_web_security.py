@@ -21,12 +21,14 @@ import pytest
 from starlette.applications import Starlette
 
 from app.config import settings_from_mapping
+from app.ids import new_id
 from app.main import create_app
 from app.metrics import OTHER_VALUES_CAP, Metrics
 from app.runtime import Runtime
 from app.web_guard import is_loopback_host, is_loopback_origin
 from app.worker import WorkerSettings
 from conftest import FakeClock, base_config, standard_body, standard_headers
+from schemas.records import NewEvent
 
 ADMIN = "web-admin-token-0123456789"
 
@@ -324,9 +326,6 @@ async def test_a_deeply_nested_stored_payload_is_served(
     body = json.dumps({"type": "file.deep", "timestamp": "2026-11-01T10:00:00Z",
                        "data": deep}).encode()
     runtime: Runtime = open_app.state.runtime
-    from app.ids import new_id
-    from schemas.records import NewEvent
-
     event = NewEvent(id=new_id("evt", clock.now()), source="partner", type="file.deep",
                      dedupe_key=None, received_at=clock.now(), occurred_at=None, body=body,
                      payload=json.loads(body), headers={})
@@ -456,3 +455,51 @@ async def test_sql_in_a_filter_is_only_a_value(
     assert dead.status_code == 200 and dead.json()["items"] == []
     everything = await client.get("/api/events")
     assert len(everything.json()["items"]) == 2
+
+
+async def test_idle_tails_share_one_look_at_the_store(tmp_path: Path, clock: FakeClock) -> None:
+    config = base_config(tmp_path / "idle.db")
+    config["server"] = {"stream_poll_seconds": 0.01, "stream_heartbeat_seconds": 60}
+    application = make_app(config, clock)
+    async with application.router.lifespan_context(application):
+        store = application.state.runtime.store
+        calls = {"heads": 0, "tail_events": 0}
+        waiters: list[tuple[str, int, asyncio.Event]] = []
+
+        def counted(name: str) -> Any:
+            original = getattr(store, name)
+
+            async def call(*args: Any) -> Any:
+                calls[name] += 1
+                for wanted, count, event in waiters:
+                    if wanted == name and calls[name] >= count:
+                        event.set()
+                return await original(*args)
+            return call
+
+        async def until(name: str, count: int) -> None:
+            event = asyncio.Event()
+            waiters.append((name, count, event))
+            if calls[name] < count:  # bounded, so a store that is never asked fails the test
+                await asyncio.wait_for(event.wait(), 30)
+
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(store, "heads", counted("heads"))
+        monkey.setattr(store, "tail_events", counted("tail_events"))
+        try:
+            tails = [Call(application, "GET", "/api/stream") for _ in range(20)]
+            await until("tail_events", 20)  # every tail's first read
+            quiet_from = calls["heads"]
+            await until("heads", quiet_from + 10)  # ten poll intervals, nothing written
+            assert calls["tail_events"] == 20
+            # A write by another process (no wake-up here): every tail reads it.
+            body = standard_body()
+            event = NewEvent(id=new_id("evt", clock.now()), source="partner", type="file.x",
+                             dedupe_key=None, received_at=clock.now(), occurred_at=None,
+                             body=body, payload=json.loads(body), headers={})
+            await store.save_events([event])
+            await until("tail_events", 40)
+            for tail in tails:
+                await tail.leave()
+        finally:
+            monkey.undo()
