@@ -146,7 +146,9 @@ async def tail(
     while not changes.closed:
         token = changes.token()
         read_at = loop.time()
-        if tails is not None:
+        if tails is None:
+            read = True
+        else:
             # Positions commit in order (app.store): heads taken before a read are covered by
             # it, and unchanged heads mean nothing new anywhere.
             heads = await tails.heads()
@@ -176,7 +178,7 @@ async def tail(
         wait = min(poll_seconds, heartbeat_seconds - (loop.time() - quiet_since))
         read = await changes.wait(token, max(0.0, wait))
         gap = MIN_READ_GAP - (loop.time() - read_at)
-        if gap > 0:
+        if read and gap > 0:  # only a wake-up by a write comes sooner than the gap
             await asyncio.sleep(gap)
 
 
