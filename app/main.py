@@ -162,7 +162,8 @@ def create_app(
                 sweep_seconds=runtime.worker_settings.sweep_seconds,  # type: ignore[union-attr]
             )
         if not settings.api.tokens and settings.server.on_loopback:
-            log.warning("no [[api.tokens]] configured: the read API is open on loopback")
+            log.warning("no [[api.tokens]] configured: the read API is open on loopback, to "
+                        "requests with a loopback Host (and Origin, if sent) only")
         watchdog = LoopWatchdog(on_stall=runtime.metrics.loop_blocked.inc)
         watchdog.start()
         try:
