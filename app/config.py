@@ -56,6 +56,8 @@ class ServerSettings(_Model):
     stream_poll_seconds: float = Field(
         default=1.0, gt=0, description="how often a live tail looks for other processes' writes")
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    sse_max_connections: int = Field(
+        default=100, ge=1, description="live tails (`/api/stream`) open at once; 503 past it")
 
     @property
     def on_loopback(self) -> bool:

@@ -4,6 +4,11 @@ A replay routes the event through the *current* routes (so a fixed route takes e
 one named handler. A bulk replay selects either events (by source, type glob, time) or dead
 deliveries (`status="dead"`: each dead delivery gets a fresh one for its own handler).
 `plan_*` answers the same question without writing anything: which handlers would run.
+
+A bulk replay needs at least one filter (`ReplayFilter.narrowed`), and the API takes it in
+bounded calls: `plan_pages` yields at most `limit` events from a cursor, page by page, each page
+with the cursor that resumes after it, so the caller can stop between pages (say, when its client
+went away) and tell where to go on.
 """
 
 from __future__ import annotations
@@ -37,6 +42,19 @@ class ReplayFilter:
     until: float | None = None
     handler: str | None = None
 
+    def narrowed(self) -> bool:
+        """True when something selects fewer than every event (`handler` alone only says where
+        the selected events go)."""
+        return any(v is not None for v in (self.source, self.type, self.status, self.since,
+                                           self.until))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPage:
+    planned: list[Planned]
+    next_cursor: str | None
+    """Resumes right after this page; None when nothing more matched."""
+
 
 async def plan_event(
     store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
@@ -53,33 +71,51 @@ async def plan_event(
     return Planned(event.id, event.type, chosen)
 
 
-async def plan_many(
-    store: Store, routes: Sequence[Route], handlers: Mapping[str, object], selection: ReplayFilter
-) -> AsyncIterator[Planned]:
-    """Every (event, handlers) a bulk replay would create, page by page."""
+async def plan_pages(
+    store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
+    selection: ReplayFilter, limit: int | None = None, cursor: str | None = None,
+) -> AsyncIterator[PlanPage]:
+    """The plan of a bulk replay, page by page: at most `limit` events (None: all), starting
+    after `cursor` (a `next_cursor` of an earlier page). Raises ValueError for a bad cursor."""
+    left = limit
+    while left is None or left > 0:
+        size = PAGE if left is None else min(PAGE, left)
+        page = await _plan_page(store, routes, handlers, selection, size, cursor)
+        yield page
+        if left is not None:
+            left -= len(page.planned)
+        if page.next_cursor is None or not page.planned:
+            return
+        cursor = page.next_cursor
+
+
+async def _plan_page(
+    store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
+    selection: ReplayFilter, size: int, cursor: str | None,
+) -> PlanPage:
     if selection.status == "dead":
-        cursor = None
-        while True:
-            page = await store.list_deliveries(
-                "dead", selection.handler, PAGE, cursor, selection.type, selection.since
-            )
-            for delivery in page.items:
-                yield Planned(delivery.event_id, delivery.event_type or "", (delivery.handler,))
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        dead = await store.list_deliveries(
+            "dead", selection.handler, size, cursor, selection.type, selection.since
+        )
+        return PlanPage([Planned(d.event_id, d.event_type or "", (d.handler,))
+                         for d in dead.items], dead.next_cursor)
     filters = EventFilter(
         source=selection.source, type=selection.type, status=selection.status,
         since=selection.since, until=selection.until,
     )
-    cursor = None
-    while True:
-        events = await store.list_events(filters, PAGE, cursor)
-        for item in events.items:
-            yield await plan_event(store, routes, handlers, item.id, selection.handler)
-        if events.next_cursor is None:
-            return
-        cursor = events.next_cursor
+    events = await store.list_events(filters, size, cursor)
+    planned = [await plan_event(store, routes, handlers, item.id, selection.handler)
+               for item in events.items]
+    return PlanPage(planned, events.next_cursor)
+
+
+async def plan_many(
+    store: Store, routes: Sequence[Route], handlers: Mapping[str, object], selection: ReplayFilter
+) -> AsyncIterator[Planned]:
+    """Every (event, handlers) a bulk replay would create."""
+    async for page in plan_pages(store, routes, handlers, selection):
+        for planned in page.planned:
+            yield planned
 
 
 async def apply(store: Store, planned: Planned, now: float) -> list[str]:

@@ -59,7 +59,7 @@ async def test_full_intake_answers_503_and_nothing_grows(tmp_path: Any, clock: F
     app = create_app(settings, store=store, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             first = asyncio.create_task(post(client, clock, "m0"))
             await store.entered.wait()  # the writer holds m0
             queued = [asyncio.create_task(post(client, clock, f"m{n}")) for n in (1, 2)]
@@ -97,7 +97,7 @@ async def test_intake_bounds_queued_body_bytes(tmp_path: Any, clock: FakeClock) 
     intake = app.state.runtime.intake
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             try:
                 first = asyncio.create_task(post(client, clock, "m0"))
                 await store.entered.wait()  # the writer holds m0, and its bytes count
@@ -127,7 +127,7 @@ async def test_a_body_over_the_byte_bound_gets_in_alone(tmp_path: Any, clock: Fa
     app = create_app(settings_from_mapping(config, {}), clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await post(client, clock, "big")).status_code == 202
             assert app.state.runtime.intake.queued_bytes == 0
 
@@ -138,7 +138,7 @@ async def test_rate_limit_answers_429_and_stores_nothing(tmp_path: Any, clock: F
     app = create_app(settings_from_mapping(config, {}), clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await post(client, clock, "a")).status_code == 202
             assert (await post(client, clock, "b")).status_code == 202
             limited = await post(client, clock, "c")

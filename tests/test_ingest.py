@@ -279,7 +279,7 @@ async def test_unknown_event_policy(
     config["storage"]["url"] = f"sqlite:///{tmp_path / 'strict.db'}"
     strict = create_app(settings_from_mapping(config, {}), clock=clock)
     async with strict.router.lifespan_context(strict), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=strict), base_url="http://hookline"
+        transport=httpx.ASGITransport(app=strict), base_url="http://localhost"
     ) as strict_client:
         rejected = await strict_client.post(
             "/webhooks/alfred?token=alfred-token", content=body, headers=headers
