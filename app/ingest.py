@@ -138,11 +138,28 @@ async def _send_json(send: Send, status: int, answer: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# RFC 9110 section 8.3.1: media-type = type "/" subtype parameters, each part a token, and a
+# parameter's value a token or a quoted string. Anything else (a list, a space inside the type,
+# a stray character) is not one media type, whatever it ends with.
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_MEDIA_TYPE = re.compile(
+    rf"[ \t]*({_TOKEN})/({_TOKEN})(?:[ \t]*;[ \t]*(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?)*[ \t]*"
+)
+
+
+def is_json_media_type(value: str) -> bool:
+    """Whether a Content-Type value is one `application/json` or `application/<x>+json` media
+    type, parameters allowed."""
+    match = _MEDIA_TYPE.fullmatch(value)
+    if match is None or match[1].lower() != "application":
+        return False
+    subtype = match[2].lower()
+    return subtype == "json" or (subtype.endswith("+json") and len(subtype) > len("+json"))
+
+
 def _check_content_type(value: str) -> None:
-    media = value.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
+    if not is_json_media_type(value):
         raise UnsupportedMediaType()
 
 

@@ -149,6 +149,38 @@ async def test_json_content_type_with_charset_is_accepted(client: httpx.AsyncCli
 
 
 @pytest.mark.parametrize(
+    "content_type",
+    ["application/a,text/html,x+json", "application/json, text/html", "application /json",
+     "application/ json", "application/+json", "application/json; charset=utf 8",
+     "application/json; a=\"open", "application/json;=x", "application/json@",
+     "application/jsonp", "text/json", "application/json/x"],
+)
+async def test_content_type_must_parse_as_one_json_media_type(
+    client: httpx.AsyncClient, clock: FakeClock, content_type: str
+) -> None:
+    body = standard_body()
+    headers = standard_headers(body, clock.now())
+    headers["content-type"] = content_type
+    response = await client.post("/webhooks/partner", content=body, headers=headers)
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["APPLICATION/JSON", "application/cloudevents+json", "application/json;charset=\"utf-8\"",
+     " application/json ; charset=utf-8 ; q=1"],
+)
+async def test_json_media_types_with_parameters_are_accepted(
+    client: httpx.AsyncClient, clock: FakeClock, content_type: str
+) -> None:
+    body = standard_body()
+    headers = standard_headers(body, clock.now())
+    headers["content-type"] = content_type
+    response = await client.post("/webhooks/partner", content=body, headers=headers)
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize(
     "body",
     [b"{not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe{}", b'{"a": NaN}', b"null",
      b'{"a": 1e400}', b'{"a": ' + b"9" * 5000 + b"}"],
