@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import operator
 import re
 import time
+from itertools import accumulate, count
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -260,11 +262,33 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
+# Deeper payloads are refused before parsing: the parser, and every later reader of the stored
+# payload (the read API, handlers, the dashboard), recurse once per level.
+MAX_JSON_DEPTH = 64
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+# An opening bracket steps 2, a closing one 0: after i brackets the running sum less i is the
+# depth, computed by C-level iterators rather than a Python loop per bracket.
+_BRACKET_STEP = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
+
+
+def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text in `body` opens more than `limit` arrays or objects inside each
+    other (brackets inside strings do not count). Cheap for the usual body: one that holds at
+    most `limit` opening brackets in all cannot be deeper, and is not scanned."""
+    if body.count(b"{") + body.count(b"[") <= limit:
+        return False
+    steps = _STRING.sub(b"", body).translate(None, _NOT_BRACKET).translate(_BRACKET_STEP)
+    return max(map(operator.sub, accumulate(steps), count(1)), default=0) > limit
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidJson("body is not UTF-8") from None
+    if too_deep(body):
+        raise InvalidJson(f"body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
     try:
         payload = _DECODER.decode(text)
     except _DuplicateKey:

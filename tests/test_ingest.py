@@ -201,6 +201,36 @@ async def test_deeply_nested_json_is_400_not_500(client: httpx.AsyncClient) -> N
     assert_error(response, 400, "invalid_json")
 
 
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for level in range(levels):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+@pytest.mark.parametrize(("levels", "status"), [(62, 202), (63, 400), (300, 400)])
+async def test_nesting_past_64_levels_is_refused_before_storing(
+    client: httpx.AsyncClient, clock: FakeClock, levels: int, status: int
+) -> None:
+    # The envelope object and its `data` object are two levels: data nesting 62 more is 64.
+    body = standard_body(platform="dcycle", deep=nested(levels))
+    response = await post_standard(client, clock, body)
+    if status == 202:
+        assert response.status_code == 202, response.text
+    else:
+        error = assert_error(response, 400, "invalid_json")
+        assert "64" in error["message"]
+        assert (await client.get("/api/events")).json()["items"] == []
+
+
+def test_depth_scan_skips_brackets_inside_strings() -> None:
+    from app.ingest import too_deep
+
+    assert not too_deep(json.dumps({"a": "[" * 500, "b": '\\"{' * 200}).encode())
+    assert too_deep(b"[" * 65 + b"]" * 65)
+    assert not too_deep(b"[" * 64 + b"]" * 64 + b"[[]]" * 100)
+
+
 @pytest.mark.parametrize(
     "mutate",
     ["wrong-secret", "missing-signature", "missing-id", "stale", "future", "other-body"],
