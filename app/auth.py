@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -32,6 +33,12 @@ SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "webhook-signature",
     "x-filecheck-signature", "x-api-key", "x-tagshelfapi-key", "x-hub-signature-256",
 })
+# A header whose name holds any of these is taken for a credential wherever it comes from, so a
+# sender's own auth header (`x-acme-token`, `x-partner-signature`) is never stored either.
+_SECRET_NAME = re.compile(
+    r"auth|cookie|token|secret|signature|passw|credential|session|api[-_]?key|access[-_]?key"
+    r"|private[-_]?key"
+)
 # Longer than any Unix timestamp for millennia; also keeps int() far from its digit limit.
 _MAX_TIMESTAMP_DIGITS = 12
 
@@ -208,11 +215,21 @@ def credential_headers(auths: Iterable[AuthSettings]) -> frozenset[str]:
     return SECRET_HEADERS | {auth.header.lower() for auth in auths if auth.header}
 
 
+@lru_cache(maxsize=1024)
+def is_secret_header(name: str) -> bool:
+    """Whether a header name (any case) looks like it carries a credential."""
+    lowered = name.lower()
+    return lowered in SECRET_HEADERS or _SECRET_NAME.search(lowered) is not None
+
+
 def strip_secret_headers(
-    headers: Mapping[str, str], auth: AuthSettings, secret: frozenset[str] = SECRET_HEADERS
+    headers: Mapping[str, str], auth: AuthSettings, secret: frozenset[str] = SECRET_HEADERS,
+    extra: Iterable[str] = (),
 ) -> dict[str, str]:
-    """The headers worth keeping with an event: never signatures, tokens or cookies. `secret`
-    may name more, such as every source's token header: a sender that presents another
-    source's token by mistake must not have it stored."""
-    drop = secret | ({auth.header.lower()} if auth.header else set())
-    return {name: value for name, value in headers.items() if name.lower() not in drop}
+    """The headers worth keeping with an event: never signatures, tokens, cookies or anything
+    named like them. `secret` may name more, such as every source's token header: a sender that
+    presents another source's token by mistake must not have it stored; `extra` holds the
+    lower-case names a source's config adds."""
+    drop = secret | ({auth.header.lower()} if auth.header else set()) | set(extra)
+    return {name: value for name, value in headers.items()
+            if name.lower() not in drop and not is_secret_header(name)}

@@ -15,9 +15,9 @@ import secrets as secrets_module
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from app.errors import ConfigError
 
@@ -105,6 +105,18 @@ class RateLimit(_Model):
     burst: int = Field(ge=1)
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an HTTP header name")
+    return value.lower()
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
 class SourceSettings(_Model):
     platform: Platform
     auth: AuthSettings
@@ -112,6 +124,8 @@ class SourceSettings(_Model):
     unknown_events: Literal["reject", "accept"] = "reject"
     rate_limit: RateLimit | None = None
     stall_after_minutes: float = Field(default=30, gt=0)
+    secret_headers: tuple[HeaderName, ...] = Field(
+        default=(), description="more header names never stored with this source's events")
 
 
 class RouteSettings(_Model):

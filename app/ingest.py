@@ -108,7 +108,8 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
         occurred_at=parsed.occurred_at,
         body=body,
         payload=payload,
-        headers=auth.strip_secret_headers(headers, source.auth, runtime.secret_headers),
+        headers=auth.strip_secret_headers(
+            headers, source.auth, runtime.secret_headers, source.secret_headers),
         query=auth.redact_query(raw_query),
         job_id=parsed.job_id,
         file_id=parsed.file_id,

@@ -363,7 +363,8 @@ def test_strip_secret_headers() -> None:
         "webhook-id": MSG_ID,
         "webhook-timestamp": "1",
     }
-    assert "x-hook-token" in strip_secret_headers(headers, QUERY)
+    # Another source's token header is dropped too: its name says it holds a token.
+    assert "x-hook-token" not in strip_secret_headers(headers, QUERY)
     custom = settings("hmac_sha256", "s", header="X-Custom-Sig")
     assert strip_secret_headers({"x-custom-sig": "v", "a": "b"}, custom) == {"a": "b"}
 
@@ -373,3 +374,20 @@ def test_secret_header_names_are_lower_case() -> None:
                 "x-api-key", "x-tagshelfapi-key", "proxy-authorization"}
     assert required <= SECRET_HEADERS
     assert all(name == name.lower() for name in SECRET_HEADERS)
+
+
+@pytest.mark.parametrize("name", [
+    "X-Acme-Token", "x-partner-signature", "x-hub-signature", "x-csrftoken", "set-cookie",
+    "x-amz-security-token", "x-client-secret", "x-auth", "x-apikey", "x-api_key", "api-key",
+    "x-password", "x-session-id", "x-access-key", "x-credentials", "x-private-key",
+])
+def test_headers_named_like_credentials_are_not_kept(name: str) -> None:
+    kept = strip_secret_headers({name: "v", "user-agent": "u", "webhook-id": "m"}, QUERY)
+    assert kept == {"user-agent": "u", "webhook-id": "m"}
+
+
+def test_a_source_may_name_more_secret_headers() -> None:
+    headers = {"x-partner-key": "k", "x-trace": "t", "content-type": "application/json"}
+    assert strip_secret_headers(headers, QUERY) == headers
+    kept = strip_secret_headers(headers, QUERY, extra=("x-partner-key",))
+    assert kept == {"x-trace": "t", "content-type": "application/json"}

@@ -1,0 +1,67 @@
+"""Ingest hardening through the real ASGI app: credential headers, nesting, rate limits that
+unauthenticated traffic cannot drain, byte admission before parsing, and header caps."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.config import ConfigError, settings_from_mapping
+from app.main import create_app
+from conftest import FakeClock, base_config, standard_body, standard_headers
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, clock: FakeClock, change: Callable[[dict[str, Any]], None]
+) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    config = base_config(tmp_path / "limits.db")
+    change(config)
+    app = create_app(settings_from_mapping(config, {}), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hookline") as client:
+            yield app, client
+
+
+async def post_signed(
+    client: httpx.AsyncClient, clock: FakeClock, msg_id: str, body: bytes | None = None,
+    **extra: str,
+) -> httpx.Response:
+    body = standard_body() if body is None else body
+    headers = {**standard_headers(body, clock.now(), msg_id), **extra}
+    return await client.post("/webhooks/partner", content=body, headers=headers)
+
+
+# --- credential headers ---------------------------------------------------------------------
+
+async def test_credential_like_and_configured_headers_are_not_stored(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    def change(config: dict[str, Any]) -> None:
+        config["sources"]["partner"]["secret_headers"] = ["X-Partner-Key"]
+
+    async with serving(tmp_path, clock, change) as (_, client):
+        response = await post_signed(
+            client, clock, "m1", **{"x-acme-token": "t", "x-partner-key": "k",
+                                    "x-upstream-signature": "s", "x-trace": "kept"})
+        assert response.status_code == 202, response.text
+        stored = (await client.get(f"/api/events/{response.json()['id']}")).json()["headers"]
+    assert stored["x-trace"] == "kept" and stored["webhook-id"] == "m1"
+    assert not {"x-acme-token", "x-partner-key", "x-upstream-signature",
+                "webhook-signature"} & set(stored)
+
+
+def test_secret_headers_config_is_validated_with_its_key_path() -> None:
+    config = base_config(Path("unused.db"))
+    config["sources"]["partner"]["secret_headers"] = ["x-ok", "no spaces"]
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(config, {})
+    assert info.value.problems == [
+        "sources.partner.secret_headers[1]: 'no spaces' is not an HTTP header name"]
