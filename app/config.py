@@ -32,6 +32,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RateLimit(_Model):
+    per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -47,6 +52,10 @@ class ServerSettings(_Model):
         description="time a connection has to send a request's headers, from its start or "
                     "from the request's first byte")
     retry_after_seconds: int = Field(default=1, ge=1)
+    failed_auth_rate_limit: RateLimit = Field(
+        default=RateLimit(per_second=5, burst=50),
+        description="requests per source that may fail authentication before further failing "
+                    "ones are answered 429; a correctly signed request is never held by it")
     stream_poll_seconds: float = Field(
         default=1.0, gt=0, description="how often a live tail looks for other processes' writes")
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
@@ -98,11 +107,6 @@ class AuthSettings(_Model):
                 if not _is_standard_secret(secret.get_secret_value()):
                     raise ValueError("standard_webhooks secrets must be base64, optionally whsec_")
         return self
-
-
-class RateLimit(_Model):
-    per_second: float = Field(gt=0)
-    burst: int = Field(ge=1)
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

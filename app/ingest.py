@@ -74,9 +74,6 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     note = scope["state"]["log"]
     note["source"] = name
 
-    wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
-    if wait > 0:
-        raise RateLimited(headers={"Retry-After": str(max(1, math.ceil(wait)))})
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     _check_content_type(headers.get("content-type", ""))
     if runtime.intake.full:  # shed load before reading, verifying and parsing the body
@@ -86,8 +83,18 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     raw_query = scope["query_string"].decode("latin-1")
     query = dict(parse_qsl(raw_query)) if raw_query else {}
     now = runtime.clock.now()
+    # The source's rate limit is charged only once the request is known to be the source's:
+    # a flood of unsigned requests would otherwise lock the real sender out.
     if not auth.verify(source.auth, headers, query, body, now):
+        wait = runtime.rate_limiter.check_failure(name, runtime.clock.monotonic())
+        if wait > 0:
+            raise RateLimited(
+                "too many requests failed authentication; retry later",
+                headers={"Retry-After": _seconds(wait), "Connection": "close"})
         raise Unauthorized()
+    wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
+    if wait > 0:
+        raise RateLimited(headers={"Retry-After": _seconds(wait)})
 
     payload = _parse_json(body)
     try:
@@ -124,6 +131,10 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
         runtime.tally.count(now, name, "duplicate")
         return 200, {"id": saved.id, "duplicate": True}
     return 202, {"id": saved.id, "type": parsed.type, "duplicate": False}
+
+
+def _seconds(wait: float) -> str:
+    return str(max(1, math.ceil(wait)))
 
 
 # Built once: json.dumps with options builds a new encoder on every call.

@@ -65,3 +65,60 @@ def test_secret_headers_config_is_validated_with_its_key_path() -> None:
         settings_from_mapping(config, {})
     assert info.value.problems == [
         "sources.partner.secret_headers[1]: 'no spaces' is not an HTTP header name"]
+
+
+# --- rate limits: charged for authenticated requests only -----------------------------------
+
+def limited(config: dict[str, Any]) -> None:
+    config["sources"]["partner"]["rate_limit"] = {"per_second": 1, "burst": 2}
+    config["server"] = {"failed_auth_rate_limit": {"per_second": 1, "burst": 5}}
+
+
+def forged(clock: FakeClock, msg_id: str) -> dict[str, str]:
+    headers = standard_headers(standard_body(), clock.now(), msg_id)
+    headers["webhook-signature"] = "v1,Zm9yZ2VkIHNpZ25hdHVyZSBvZiAzMiBieXRlcyBoZXJlIQ=="
+    return headers
+
+
+async def test_a_flood_of_bad_signatures_does_not_lock_out_the_sender(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with serving(tmp_path, clock, limited) as (_, client):
+        statuses = [
+            (await client.post("/webhooks/partner", content=standard_body(),
+                               headers=forged(clock, f"junk{n}"))).status_code
+            for n in range(200)
+        ]
+        # The first failures are 401; past the failure bucket, failing requests get 429.
+        assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+        # Same instant, nothing refilled: the signed sender still has its whole burst.
+        assert (await post_signed(client, clock, "real1")).status_code == 202
+        assert (await post_signed(client, clock, "real2")).status_code == 202
+        over = await post_signed(client, clock, "real3")
+    assert over.status_code == 429
+    assert over.json()["error"]["code"] == "rate_limited"
+    assert over.headers["retry-after"] == "1"
+
+
+async def test_failing_requests_over_their_limit_get_429_and_the_connection_closed(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with serving(tmp_path, clock, limited) as (app, client):
+        for n in range(5):
+            response = await client.post("/webhooks/partner", content=standard_body(),
+                                         headers=forged(clock, f"junk{n}"))
+            assert response.status_code == 401
+        refused = await client.post("/webhooks/partner", content=standard_body(),
+                                    headers=forged(clock, "junk5"))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert refused.headers["retry-after"] == "1" and refused.headers["connection"] == "close"
+        # Another source's failures are counted apart.
+        other = await client.post("/webhooks/alfred?token=wrong", content=b"{}",
+                                  headers={"content-type": "application/json"})
+        assert other.status_code == 401
+        clock.advance(1.0)
+        again = await client.post("/webhooks/partner", content=standard_body(),
+                                  headers=forged(clock, "junk6"))
+        assert again.status_code == 401
+        assert (await client.get("/api/events")).json()["items"] == []
