@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from starlette.types import Receive, Scope, Send
 
 from app import auth
+from app.config import SourceSettings
 from app.errors import (
     HooklineError,
     InvalidJson,
@@ -33,6 +34,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.ids import new_id
+from app.intake import Reservation
 from app.routing import handlers_for
 from app.runtime import Runtime
 from app.tally import UNKNOWN_SOURCE
@@ -78,8 +80,22 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     _check_content_type(headers.get("content-type", ""))
     if runtime.intake.full:  # shed load before reading, verifying and parsing the body
         raise runtime.intake.unavailable()
-    body = await _read_body(receive, headers, source.max_body_bytes, runtime.settings.server)
+    # The body's bytes are held in the intake's byte budget as they are read, and until the
+    # answer: past the budget, a request is refused before its body is parsed.
+    reservation = runtime.intake.reservation()
+    try:
+        body = await _read_body(
+            receive, headers, source.max_body_bytes, runtime.settings.server, reservation)
+        return await _accept(scope, runtime, name, source, headers, body, reservation)
+    finally:
+        reservation.release()
 
+
+async def _accept(
+    scope: Scope, runtime: Runtime, name: str, source: SourceSettings, headers: dict[str, str],
+    body: bytes, reservation: Reservation,
+) -> tuple[int, dict[str, Any]]:
+    note = scope["state"]["log"]
     raw_query = scope["query_string"].decode("latin-1")
     query = dict(parse_qsl(raw_query)) if raw_query else {}
     now = runtime.clock.now()
@@ -124,7 +140,7 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
         task_ids=parsed.task_ids,
         handlers=handlers_for(runtime.routes, name, parsed.type, payload),
     )
-    saved = await runtime.intake.submit(event)
+    saved = await runtime.intake.submit(event, reserved=True)
     note["event_id"] = saved.id
     runtime.metrics.accepted(name, parsed.type, saved.duplicate)
     if saved.duplicate:
@@ -178,24 +194,27 @@ def _check_content_type(value: str) -> None:
 
 
 async def _read_body(
-    receive: Receive, headers: dict[str, str], limit: int, server: Any
+    receive: Receive, headers: dict[str, str], limit: int, server: Any, held: Reservation
 ) -> bytes:
-    """The whole body, refused past `limit` bytes or when it is not in within the timeout."""
+    """The whole body, refused past `limit` bytes or when it is not in within the timeout, each
+    chunk held in the intake's byte budget before it is kept (503 past the budget)."""
     # The declared length refuses early; the running count below is what enforces the cap.
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge()
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise PayloadTooLarge()
+        held.check(int(declared))  # a body that could not be held is refused unread
     try:
         async with asyncio.timeout(server.body_timeout_seconds):
             message = await receive()
-            body = _chunk(message, 0, limit)
+            body = _chunk(message, 0, limit, held)
             if not message.get("more_body", False):
                 return body  # the usual case: the whole body in one message
             chunks = [body]
             size = len(body)
             while message.get("more_body", False):
                 message = await receive()
-                chunk = _chunk(message, size, limit)
+                chunk = _chunk(message, size, limit, held)
                 size += len(chunk)
                 chunks.append(chunk)
             return b"".join(chunks)
@@ -203,12 +222,13 @@ async def _read_body(
         raise RequestTimeout() from None
 
 
-def _chunk(message: Any, size: int, limit: int) -> bytes:
+def _chunk(message: Any, size: int, limit: int, held: Reservation) -> bytes:
     if message["type"] == "http.disconnect":
         raise RequestTimeout("client went away before sending the whole body")
     chunk: bytes = message.get("body", b"")
     if size + len(chunk) > limit:
         raise PayloadTooLarge()
+    held.add(len(chunk))
     return chunk
 
 

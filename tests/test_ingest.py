@@ -393,7 +393,7 @@ async def test_an_unexpected_error_answers_500_with_the_envelope_and_is_logged(
     intake = app.state.runtime.intake
     real_submit = intake.submit
 
-    async def broken(event: Any) -> Any:
+    async def broken(event: Any, reserved: bool = False) -> Any:
         raise RuntimeError("intake exploded at /var/lib/secret")
 
     monkeypatch.setattr(intake, "submit", broken)
@@ -405,7 +405,7 @@ async def test_an_unexpected_error_answers_500_with_the_envelope_and_is_logged(
     [logged] = [r for r in caplog.records if r.name == "hookline.http"]
     assert logged.exc_info is not None and "POST /webhooks/partner" in logged.getMessage()
 
-    async def store_down(event: Any) -> Any:
+    async def store_down(event: Any, reserved: bool = False) -> Any:
         raise StoreError("database is locked")
 
     monkeypatch.setattr(intake, "submit", store_down)

@@ -3,7 +3,8 @@ unauthenticated traffic cannot drain, byte admission before parsing, and header 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,13 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from app import ingest
 from app.config import ConfigError, settings_from_mapping
 from app.main import create_app
+from app.store import StoreError
+from app.store.sqlite import SQLiteStore
 from conftest import FakeClock, base_config, standard_body, standard_headers
+from schemas.records import NewEvent, Saved
 
 
 @asynccontextmanager
@@ -122,3 +127,83 @@ async def test_failing_requests_over_their_limit_get_429_and_the_connection_clos
                                   headers=forged(clock, "junk6"))
         assert again.status_code == 401
         assert (await client.get("/api/events")).json()["items"] == []
+
+
+# --- bytes admitted before parsing ----------------------------------------------------------
+
+class GatedStore(SQLiteStore):
+    """A real SQLite store whose writes wait for a gate, to hold the writer busy."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def save_events(self, events: Sequence[NewEvent]) -> list[Saved | StoreError]:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().save_events(events)
+
+
+def padded(size: int) -> bytes:
+    body = standard_body(platform="dcycle", pad="")
+    return standard_body(platform="dcycle", pad="x" * (size - len(body)))
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached")
+
+
+async def test_large_bodies_past_the_byte_budget_are_refused_before_parsing(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[int] = []
+    real_parse = ingest._parse_json
+
+    def counting(body: bytes) -> Any:
+        parsed.append(len(body))
+        return real_parse(body)
+
+    monkeypatch.setattr(ingest, "_parse_json", counting)
+    config = base_config(tmp_path / "budget.db")
+    config["server"] = {"intake_queue_bytes": 100_000, "batch_max": 1}
+    store = GatedStore(str(tmp_path / "budget.db"))
+    app = create_app(settings_from_mapping(config, {}), store=store, clock=clock)
+    intake = app.state.runtime.intake
+    large, small = padded(60_000), padded(2_000)
+
+    async def streamed(body: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 16_384):
+            yield body[start:start + 16_384]
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            try:
+                first = asyncio.create_task(post_signed(client, clock, "big0", large))
+                await store.entered.wait()  # the writer holds big0 and its bytes
+                assert intake.queued_bytes >= len(large)
+                # A declared length that cannot be held is refused unread; a streamed one as
+                # soon as its chunks take the budget past its bound. Neither is parsed.
+                declared = await post_signed(client, clock, "big1", large)
+                chunked = await client.post(
+                    "/webhooks/partner", content=streamed(large),
+                    headers=standard_headers(large, clock.now(), "big2"))
+                assert parsed == [len(large)]
+                # A small body fits beside big0 and waits for the writer.
+                queued = asyncio.create_task(post_signed(client, clock, "small", small))
+                await until(lambda: intake.depth == 1)
+            finally:
+                store.gate.set()
+            for refused in (declared, chunked):
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "store_unavailable"
+                assert refused.headers["retry-after"] == "1"
+            assert [(await t).status_code for t in (first, queued)] == [202, 202]
+            assert intake.queued_bytes == 0
+            # The budget is free again: a large body gets in.
+            assert (await post_signed(client, clock, "big3", large)).status_code == 202
