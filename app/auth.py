@@ -76,12 +76,20 @@ def _parse_timestamp(stamp: str) -> int | None:
     return int(stamp)
 
 
+# A sender attaches a signature per secret it signs with (a few, while rotating): entries past
+# the first _MAX_SIGNATURES are not looked at, and one longer than any signature is not decoded,
+# so a huge header costs no more than a normal one.
+_MAX_SIGNATURES = 10
+_MAX_SIGNATURE_CHARS = 512
+
+
 def _offered_v1(header: str) -> list[bytes]:
-    """The decoded `v1` signatures of a webhook-signature header; other versions are ignored."""
+    """The decoded `v1` signatures among the first entries of a webhook-signature header; other
+    versions are ignored."""
     offered: list[bytes] = []
-    for entry in header.split():
+    for entry in header.split(maxsplit=_MAX_SIGNATURES)[:_MAX_SIGNATURES]:
         version, _, value = entry.partition(",")
-        if version != "v1" or not value:
+        if version != "v1" or not value or len(value) > _MAX_SIGNATURE_CHARS:
             continue
         try:
             offered.append(base64.b64decode(value, validate=True))
@@ -122,7 +130,10 @@ def _hmac_hex(secret: str, body: bytes) -> str:
 def _hmac_ok(auth: AuthSettings, headers: Mapping[str, str], body: bytes) -> bool:
     if not auth.header:
         return False
-    presented = headers.get(auth.header.lower(), "").strip().lower().removeprefix("sha256=")
+    presented = headers.get(auth.header.lower(), "")
+    if len(presented) > _MAX_SIGNATURE_CHARS:
+        return False
+    presented = presented.strip().lower().removeprefix("sha256=")
     if not presented:
         return False
     matched = False

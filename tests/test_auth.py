@@ -177,6 +177,18 @@ def test_standard_body_must_be_utf8() -> None:
 
 # --- hmac_sha256 -------------------------------------------------------------------------------
 
+def test_standard_looks_at_the_first_ten_signature_entries_only() -> None:
+    good = standard_headers()
+    decoy = "v1," + base64.b64encode(b"x" * 32).decode()
+    for before, ok in ((9, True), (10, False)):
+        entries = [decoy] * before + [good["webhook-signature"]]
+        headers = {**good, "webhook-signature": " ".join(entries)}
+        assert check(STANDARD, headers) is ok, before
+    # An entry longer than any signature is skipped, not decoded.
+    long = "v1," + base64.b64encode(b"y" * 1024).decode()
+    assert check(STANDARD, {**good, "webhook-signature": f"{long} {good['webhook-signature']}"})
+
+
 HMAC = settings("hmac_sha256", "fc-secret", header="X-Filecheck-Signature")
 
 
@@ -193,6 +205,12 @@ def hex_of(secret: str, body: bytes = BODY) -> str:
 ])
 def test_hmac_valid_forms(value: str) -> None:
     assert check(HMAC, {"x-filecheck-signature": value})
+
+
+def test_hmac_header_longer_than_any_signature_is_refused_unread() -> None:
+    padded = f"sha256={hex_of('fc-secret')}" + " " * 600
+    assert check(HMAC, {"x-filecheck-signature": padded[:500]})
+    assert not check(HMAC, {"x-filecheck-signature": padded})
 
 
 def test_hmac_wrong_secret_body_or_header() -> None:
