@@ -56,7 +56,7 @@ class ServerSettings(_Model):
         description="bytes of a request's head (request line and headers); past it, 431")
     max_headers: int = Field(default=100, ge=8, description="header fields of a request")
     max_stored_header_bytes: int = Field(
-        default=8 * 1024, ge=256,
+        default=8 * 1024, ge=1024,
         description="bytes of headers stored with an event; the largest are dropped past it")
     retry_after_seconds: int = Field(default=1, ge=1)
     failed_auth_rate_limit: RateLimit = Field(

@@ -80,20 +80,26 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     _check_content_type(headers.get("content-type", ""))
     if runtime.intake.full:  # shed load before reading, verifying and parsing the body
         raise runtime.intake.unavailable()
-    # The body's bytes are held in the intake's byte budget as they are read, and until the
-    # answer: past the budget, a request is refused before its body is parsed.
+    kept, kept_size = cap_headers(
+        auth.strip_secret_headers(
+            headers, source.auth, runtime.secret_headers, source.secret_headers),
+        runtime.settings.server.max_stored_header_bytes)
+    # The headers to store and the body's bytes are held in the intake's byte budget, the body
+    # as it is read, until the answer: past the budget, a request is refused before its body is
+    # parsed.
     reservation = runtime.intake.reservation()
     try:
+        reservation.add(kept_size)
         body = await _read_body(
             receive, headers, source.max_body_bytes, runtime.settings.server, reservation)
-        return await _accept(scope, runtime, name, source, headers, body, reservation)
+        return await _accept(scope, runtime, name, source, headers, kept, body)
     finally:
         reservation.release()
 
 
 async def _accept(
     scope: Scope, runtime: Runtime, name: str, source: SourceSettings, headers: dict[str, str],
-    body: bytes, reservation: Reservation,
+    kept: dict[str, str], body: bytes,
 ) -> tuple[int, dict[str, Any]]:
     note = scope["state"]["log"]
     raw_query = scope["query_string"].decode("latin-1")
@@ -131,8 +137,7 @@ async def _accept(
         occurred_at=parsed.occurred_at,
         body=body,
         payload=payload,
-        headers=auth.strip_secret_headers(
-            headers, source.auth, runtime.secret_headers, source.secret_headers),
+        headers=kept,
         query=auth.redact_query(raw_query),
         job_id=parsed.job_id,
         file_id=parsed.file_id,
@@ -147,6 +152,32 @@ async def _accept(
         runtime.tally.count(now, name, "duplicate")
         return 200, {"id": saved.id, "duplicate": True}
     return 202, {"id": saved.id, "type": parsed.type, "duplicate": False}
+
+
+DROPPED_HEADERS = "hookline-dropped-headers"
+_MAX_NOTE = 200
+
+
+def cap_headers(headers: dict[str, str], limit: int) -> tuple[dict[str, str], int]:
+    """The headers to store within `limit` bytes (names and values), and their size. Past the
+    limit the largest are dropped, and their names noted under DROPPED_HEADERS."""
+    sizes = {name: len(name) + len(value) for name, value in headers.items()}
+    total = sum(sizes.values())
+    if total <= limit:
+        return headers, total
+    kept = dict(headers)
+    dropped: list[str] = []
+    for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        del kept[name]
+        dropped.append(name)
+        total -= sizes[name]
+        if total + len(DROPPED_HEADERS) + _MAX_NOTE <= limit:
+            break
+    note = ",".join(dropped)
+    if len(note) > _MAX_NOTE:
+        note = note[:_MAX_NOTE - 3] + "..."
+    kept[DROPPED_HEADERS] = note
+    return kept, total + len(DROPPED_HEADERS) + len(note)
 
 
 def _seconds(wait: float) -> str:

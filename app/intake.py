@@ -36,8 +36,8 @@ class Reservation:
         self.size += size
 
     def check(self, size: int) -> None:
-        """503 now when `size` more bytes could not be held (holding nothing)."""
-        if not self._intake.fits(size + self.size):
+        """503 now when `size` more bytes could not be held (holding nothing more)."""
+        if not self._intake._room(size, self.size):
             raise self._intake.unavailable()
 
     def release(self) -> None:
@@ -78,18 +78,17 @@ class Intake:
         answered."""
         return self._bytes
 
-    def fits(self, size: int) -> bool:
-        """Whether a request alone holding `size` bytes would get them now."""
-        return self.max_bytes is None or not self._bytes or self._bytes + size <= self.max_bytes
-
     def reservation(self) -> Reservation:
         return Reservation(self)
 
-    def _take(self, size: int, held: int) -> None:
-        # An event always gets in when nothing else is held, so a body over the byte bound on
+    def _room(self, size: int, held: int) -> bool:
+        # A request always gets in when nothing else is held, so a body over the byte bound on
         # its own is not refused for good.
-        if self.max_bytes is not None and self._bytes > held and (
-                self._bytes + size > self.max_bytes):
+        return (self.max_bytes is None or self._bytes <= held
+                or self._bytes + size <= self.max_bytes)
+
+    def _take(self, size: int, held: int) -> None:
+        if not self._room(size, held):
             raise self.unavailable()
         self._bytes += size
 

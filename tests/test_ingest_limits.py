@@ -207,3 +207,57 @@ async def test_large_bodies_past_the_byte_budget_are_refused_before_parsing(
             assert intake.queued_bytes == 0
             # The budget is free again: a large body gets in.
             assert (await post_signed(client, clock, "big3", large)).status_code == 202
+
+
+# --- headers stored with an event -----------------------------------------------------------
+
+async def test_stored_headers_are_capped_dropping_the_largest_with_a_note(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    big = {f"x-big-{n}": "v" * 1500 for n in range(10)}  # 15 kB, under the server's head cap
+    async with serving(tmp_path, clock, lambda config: None) as (app, client):
+        response = await post_signed(client, clock, "m1", **{**big, "x-big-0": "v" * 3000})
+        assert response.status_code == 202, response.text
+        stored = (await client.get(f"/api/events/{response.json()['id']}")).json()["headers"]
+    limit = app.state.runtime.settings.server.max_stored_header_bytes
+    assert limit == 8 * 1024
+    assert sum(len(k) + len(v) for k, v in stored.items()) <= limit
+    dropped = stored[ingest.DROPPED_HEADERS].split(",")
+    assert dropped[0] == "x-big-0"  # the largest goes first
+    assert not set(dropped) & set(stored)
+    assert set(dropped) | {k for k in stored if k.startswith("x-big-")} == set(big)
+    assert stored["webhook-id"] == "m1" and stored["content-type"] == "application/json"
+
+
+def test_cap_headers_keeps_what_fits() -> None:
+    headers = {"a": "1", "b": "x" * 2000, "c": "y" * 900}
+    assert ingest.cap_headers(headers, 4096) == (headers, 2904)
+    kept, size = ingest.cap_headers(headers, 1200)
+    assert kept == {"a": "1", "c": "y" * 900, ingest.DROPPED_HEADERS: "b"}
+    assert size == sum(len(k) + len(v) for k, v in kept.items()) <= 1200
+    many = {f"x-{'n' * 60}-{i}": "v" * 100 for i in range(40)}
+    kept, size = ingest.cap_headers(many, 1024)
+    assert size <= 1024 and kept[ingest.DROPPED_HEADERS].endswith("...")
+
+
+async def test_stored_headers_count_in_the_byte_budget(tmp_path: Path, clock: FakeClock) -> None:
+    config = base_config(tmp_path / "held.db")
+    store = GatedStore(str(tmp_path / "held.db"))
+    app = create_app(settings_from_mapping(config, {}), store=store, clock=clock)
+    intake = app.state.runtime.intake
+    body = standard_body()
+    extra = {f"x-note-{n}": "n" * 500 for n in range(8)}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            try:
+                task = asyncio.create_task(post_signed(client, clock, "m1", body, **extra))
+                await store.entered.wait()
+                held = intake.queued_bytes
+            finally:
+                store.gate.set()
+            response = await task
+            assert response.status_code == 202
+            stored = (await client.get(f"/api/events/{response.json()['id']}")).json()
+    assert held == len(body) + sum(len(k) + len(v) for k, v in stored["headers"].items())
+    assert held > len(body) + 8 * 500
