@@ -241,6 +241,8 @@ def strip_secret_headers(
     named like them. `secret` may name more, such as every source's token header: a sender that
     presents another source's token by mistake must not have it stored; `extra` holds the
     lower-case names a source's config adds."""
-    drop = secret | ({auth.header.lower()} if auth.header else set()) | set(extra)
+    drop = secret | {auth.header.lower()} if auth.header else secret
+    if extra:
+        drop = drop | set(extra)
     return {name: value for name, value in headers.items()
             if name.lower() not in drop and not is_secret_header(name)}

@@ -14,6 +14,7 @@ import math
 import operator
 import re
 import time
+from functools import lru_cache
 from itertools import accumulate, count
 from typing import Any
 from urllib.parse import parse_qsl
@@ -209,6 +210,7 @@ _MEDIA_TYPE = re.compile(
 )
 
 
+@lru_cache(maxsize=64)  # senders repeat one value: the parse is paid once per distinct value
 def is_json_media_type(value: str) -> bool:
     """Whether a Content-Type value is one `application/json` or `application/<x>+json` media
     type, parameters allowed."""
