@@ -4,6 +4,7 @@ unauthenticated traffic cannot drain, byte admission before parsing, and header 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,15 +12,19 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 
 from app import ingest
 from app.config import ConfigError, settings_from_mapping
 from app.main import create_app
+from app.serving import Protocol, Server
 from app.store import StoreError
 from app.store.sqlite import SQLiteStore
-from conftest import FakeClock, base_config, standard_body, standard_headers
+from app.stream import Changes
+from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from schemas.records import NewEvent, Saved
+from server import running_server
 
 
 @asynccontextmanager
@@ -261,3 +266,55 @@ async def test_stored_headers_count_in_the_byte_budget(tmp_path: Path, clock: Fa
             stored = (await client.get(f"/api/events/{response.json()['id']}")).json()
     assert held == len(body) + sum(len(k) + len(v) for k, v in stored["headers"].items())
     assert held > len(body) + 8 * 500
+
+
+# --- head limits from config, over TCP ------------------------------------------------------
+
+def raw_post(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_configured_head_limits_are_enforced_by_the_server(tmp_path: Path) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text(f"""
+[server]
+max_header_bytes = 2048
+max_headers = 10
+
+[storage]
+url = "sqlite:///{tmp_path / 'head.db'}"
+
+[sources.open]
+platform = "alfred"
+auth = {{ scheme = "none" }}
+unknown_events = "accept"
+""")
+    body = sample("alfred/alfred.job.retry.json")
+
+    def head(*extra: str) -> bytes:
+        lines = ["POST /webhooks/open HTTP/1.1", "Host: h", "Content-Type: application/json",
+                 f"Content-Length: {len(body)}", "Connection: close", *extra]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    with running_server(["--config", str(config)], cwd=tmp_path) as server:
+        many = raw_post(server.port, head(*(f"X-N{i}: v" for i in range(7))))  # 11 fields
+        big = raw_post(server.port, head(f"X-Big: {'a' * 2100}"))
+        # 10 fields, about 1.7 kB: within both limits.
+        fine = raw_post(server.port, head(*(f"X-N{i}: v" for i in range(5)), "X-M: " + "m" * 1500))
+    for answer in (many, big):
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+        assert b'"code":"request_header_fields_too_large"' in answer
+    assert fine.startswith(b"HTTP/1.1 202 "), fine[:300]
+
+
+def test_server_takes_head_limits_for_its_protocol() -> None:
+    config = uvicorn.Config(Starlette(), http=Protocol)
+    Server(config, Changes(), 10.0, (4096, 20))
+    assert isinstance(config.http, type) and issubclass(config.http, Protocol)
+    assert (config.http.max_header_bytes, config.http.max_headers) == (4096, 20)
+    assert (Protocol.max_header_bytes, Protocol.max_headers) == (32 * 1024, 100)
