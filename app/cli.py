@@ -311,17 +311,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from handlers.registry import HandlerLoadError, load_handlers
+    from app.config import config_problems
 
-    try:
-        # Handlers too: their options are checked when the server starts, so here as well.
-        load_handlers(load_settings(args.file).handlers)
-    except (ConfigError, HandlerLoadError) as exc:
-        for problem in exc.problems:
+    # Handlers too: their options are checked when the server starts, so here as well.
+    problems = config_problems(args.file, no_env=args.no_env)
+    if args.json:
+        _print_json({"ok": not problems, "problems": problems})
+    else:
+        for problem in problems:
             print(plain(problem))
-        return 1
-    print("ok")
-    return 0
+        if not problems:
+            print("ok")
+    return 1 if problems else 0
 
 
 async def _migrate(settings: Settings) -> list[int]:
