@@ -441,7 +441,7 @@ def config_problems(
     try:
         load_handlers(usable)
     except HandlerLoadError as exc:
-        problems.extend(exc.problems)
+        problems.extend(problem.replace(": Value error, ", ": ", 1) for problem in exc.problems)
     return sorted(dict.fromkeys(problems), key=_path_order)
 
 

@@ -294,7 +294,7 @@ def test_problems_sort_list_indexes_as_numbers() -> None:
     assert len(found) == 12 and found[10].startswith("routes[10]")
     from app.config import _path_order
 
-    assert sorted(reversed([f"config: {p}" for p in found]), key=_path_order)[2] == (
+    assert sorted([f"config: {p}" for p in found[::-1]], key=_path_order)[2] == (
         "config: routes[2] names handler 'h2', not defined")
 
 
@@ -356,7 +356,7 @@ def _is_key(name: str, text: str) -> bool:
     or not."""
     name = re.escape(name)
     return (re.search(rf"(?<![\w.\-\"]){name}(_env|_path)?\s*=", text) is not None
-            or re.search(rf"^\s*#?\s*\[\[?{name}[.\]]", text, flags=re.M) is not None)
+            or re.search(rf"^\s*#?\s*\[\[?{name}[.\]]", text, flags=re.MULTILINE) is not None)
 
 
 def test_example_config_shows_every_option_the_readme_names() -> None:
@@ -369,7 +369,7 @@ def test_example_config_shows_every_option_the_readme_names() -> None:
     keys, handler_options = _option_names()
     missing = sorted(name for name in named & keys if not _is_key(name, example))
     # Split the example at each `use = "..."`: what follows, to the next one, is that handler's.
-    parts = re.split(r'^\s*#?\s*use\s*=\s*"([\w:.]+)"', example, flags=re.M)
+    parts = re.split(r'^\s*#?\s*use\s*=\s*"([\w:.]+)"', example, flags=re.MULTILINE)
     sections: dict[str, str] = {}
     for use, text in zip(parts[1::2], parts[2::2], strict=True):
         sections[use] = sections.get(use, "") + text
