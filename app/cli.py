@@ -772,8 +772,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - a command never ends in a traceback
-        print(f"{prog}: failed: {type(exc).__name__}: {plain(exc)}", file=sys.stderr)
+    except Exception as exc:  # a command never ends in a traceback
+        if os.environ.get("HOOKLINE_DEBUG"):
+            raise
+        print(f"{prog}: failed: {type(exc).__name__}: {plain(exc)} (HOOKLINE_DEBUG=1 shows"
+              " where)", file=sys.stderr)
         return 1
     return code
 

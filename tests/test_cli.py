@@ -559,3 +559,22 @@ def test_events_list_takes_ages_and_iso_times(tmp_path: Path) -> None:
     assert len(old) == 3
     iso = json.loads(hookline(*base, "--since", "2020-01-01T00:00:00Z", cwd=tmp_path).stdout)
     assert len(iso["items"]) == 3
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import app.cli
+
+    def broken(args: object) -> int:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(app.cli, "cmd_version", broken)
+    monkeypatch.delenv("HOOKLINE_DEBUG", raising=False)
+    assert app.cli.main(["version"]) == 1
+    assert capsys.readouterr().err == (
+        "hookline version: failed: RuntimeError: disk on fire\\x0asecond line"
+        " (HOOKLINE_DEBUG=1 shows where)\n")
+    monkeypatch.setenv("HOOKLINE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        app.cli.main(["version"])
