@@ -278,6 +278,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = serve_settings(args)
     server = settings.server
     configure_logging(args.log_format or server.log_format)
+    logging.getLogger("hookline").info("store: %s", describe_store(settings.storage.url))
     if args.config is None:
         # The one secret ever written to the log: the demo's, so a first run can sign with it.
         logging.getLogger("hookline").info(

@@ -578,3 +578,13 @@ def test_an_unexpected_error_is_one_line_unless_debugging(
     monkeypatch.setenv("HOOKLINE_DEBUG", "1")
     with pytest.raises(RuntimeError, match="disk on fire"):
         app.cli.main(["version"])
+
+
+def test_serve_logs_which_store_without_credentials(tmp_path: Path) -> None:
+    from server import running_server
+
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    with running_server(["--config", str(config)], cwd=tmp_path) as server:
+        pass
+    assert "store: sqlite unsigned.db" in server.output
