@@ -31,6 +31,14 @@ from app.errors import (
 from app.runtime import Runtime
 from app.store import EventFilter
 from app.web_guard import is_json
+from app.when import (
+    DELIVERY_STATUSES,
+    EVENT_STATUSES,
+    REPLAY_STATUSES,
+    BadValue,
+    check_choice,
+    parse_when,
+)
 from schemas.records import EventRecord
 
 MAX_LIMIT = 500
@@ -122,17 +130,24 @@ def _model_json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _number(params: Mapping[str, Any], name: str) -> float | None:
+def _when(params: Mapping[str, Any], name: str, now: float) -> float | None:
+    """A time filter as the CLI reads it: unix seconds, ISO 8601, or an age such as `2h`."""
     value = params.get(name)
     if value is None:
         return None
+    if not isinstance(value, str | int | float):
+        raise BadRequest(f"{name} must be unix seconds, an ISO 8601 time or an age such as 2h")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise BadRequest(f"{name} must be a unix timestamp in seconds")
-    return number
+        return parse_when(value, now)
+    except BadValue as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+
+
+def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    try:
+        return check_choice(name, value, allowed)
+    except BadValue as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _whole(raw: str) -> int | None:
@@ -147,7 +162,9 @@ def _limit(params: Any) -> int:
     return limit
 
 
-def event_filter(params: Mapping[str, Any], searchable: bool = True) -> EventFilter:
+def event_filter(
+    params: Mapping[str, Any], now: float, searchable: bool = True
+) -> EventFilter:
     """The event filters of a query string; `q` only where a search is offered."""
     q = params.get("q") if searchable else None
     if q is not None and not 1 <= len(q) <= MAX_Q:
@@ -155,11 +172,11 @@ def event_filter(params: Mapping[str, Any], searchable: bool = True) -> EventFil
     return EventFilter(
         source=params.get("source"),
         type=params.get("type"),
-        status=params.get("status"),
+        status=_choice("status", params.get("status"), EVENT_STATUSES),
         job_id=params.get("job_id"),
         file_id=params.get("file_id"),
-        since=_number(params, "since"),
-        until=_number(params, "until"),
+        since=_when(params, "since", now),
+        until=_when(params, "until", now),
         q=q,
     )
 
@@ -169,7 +186,7 @@ async def list_events(request: Request) -> Response:
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
     params = request.query_params
-    filters = event_filter(params)
+    filters = event_filter(params, runtime.clock.now())
     try:
         page = await runtime.store.list_events(filters, _limit(params), params.get("cursor"))
     except ValueError:
@@ -224,7 +241,7 @@ async def live_tail(request: Request) -> Response:
     """Server-sent events of new events and delivery outcomes, with the event filters."""
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
-    filters = event_filter(request.query_params, searchable=False)
+    filters = event_filter(request.query_params, runtime.clock.now(), searchable=False)
     start = await stream.start_of(request, runtime.store)
     server = runtime.settings.server
     tails: stream.Tails = request.app.state.tails
@@ -313,10 +330,12 @@ async def replay_many(request: Request) -> Response:
     require_scope(request, "admin")
     runtime: Runtime = request.app.state.runtime
     body = await json_body(request)
+    now = runtime.clock.now()
     selection = replay.ReplayFilter(
         source=_str_or_none(body, "source"), type=_str_or_none(body, "type"),
-        status=_str_or_none(body, "status"), since=_number(body, "since"),
-        until=_number(body, "until"), handler=_str_or_none(body, "handler"),
+        status=_choice("status", _str_or_none(body, "status"), REPLAY_STATUSES),
+        since=_when(body, "since", now), until=_when(body, "until", now),
+        handler=_str_or_none(body, "handler"),
     )
     if not selection.narrowed():
         raise BadRequest("name at least one filter: source, type, status, since or until")
@@ -372,8 +391,9 @@ async def list_deliveries(request: Request) -> Response:
     params = request.query_params
     try:
         page = await runtime.store.list_deliveries(
-            params.get("status"), params.get("handler"), _limit(params), params.get("cursor"),
-            params.get("type"), _number(params, "since"),
+            _choice("status", params.get("status"), DELIVERY_STATUSES), params.get("handler"),
+            _limit(params), params.get("cursor"), params.get("type"),
+            _when(params, "since", runtime.clock.now()),
         )
     except ValueError:
         raise BadRequest("invalid cursor") from None

@@ -158,6 +158,9 @@ class LatestEvent:
 class Store(abc.ABC):
     """Durable event log. Every method raises StoreError when the backend fails."""
 
+    # The schema versions the last `open` applied (so `hookline migrate` can say what it did).
+    applied_migrations: tuple[int, ...] = ()
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and apply pending migrations."""

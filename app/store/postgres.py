@@ -203,7 +203,7 @@ class PostgresStore(Store):
                 # ordering locks, and with them every other receiver and worker, for long.
                 server_settings={"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS},
             )
-            await self.migrate()
+            self.applied_migrations = tuple(await self.migrate())
         except _ERRORS as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
