@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from app import replay, stream, tracking
 from app.config import ApiToken
+from app.media import is_json_media_type
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -30,7 +31,6 @@ from app.errors import (
 )
 from app.runtime import Runtime
 from app.store import EventFilter
-from app.web_guard import is_json
 from app.when import (
     DELIVERY_STATUSES,
     EVENT_STATUSES,
@@ -278,11 +278,17 @@ def _deep_record_json(record: EventRecord) -> str:
 async def json_body(request: Request) -> dict[str, Any]:
     """The JSON object a state-changing endpoint was sent ({} for an empty body).
 
-    The body must be declared `application/json` (415 otherwise), even when empty: a web page
-    can send any other type cross-site without a CORS preflight (see app.web_guard)."""
-    if not is_json(request.headers.get("content-type")):
-        raise UnsupportedMediaType()
+    The body must be declared `application/json` (415 otherwise), even when empty, while the
+    API is open: a web page can send any other type cross-site without a CORS preflight (see
+    app.web_guard). With tokens configured the caller has shown one, which no page can forge,
+    so an empty body may come without a type (`curl -X POST -H "Authorization: ..."`)."""
     body = await request.body()
+    declared = request.headers.get("content-type")
+    tokens = request.app.state.runtime.settings.api.tokens
+    if declared is None and tokens and not body.strip():
+        return {}
+    if not is_json_media_type(declared or ""):
+        raise UnsupportedMediaType()
     if not body.strip():
         return {}
     try:
