@@ -52,6 +52,19 @@ IDLE_IN_TRANSACTION_MS = "60000"
 _OUTCOMES_ORDER_LOCK = 7_264_155_003
 NOTIFY_CHANNEL = "hookline_deliveries"
 
+# The tables every batch reads and writes, analysed by the maintenance sweep once this many rows
+# changed, and at least this share of the rows they had (statistics cost a sample, not a scan).
+_ANALYSED = ("events", "deliveries", "attempts")
+ANALYZE_MIN_CHANGES = 1000
+ANALYZE_SHARE = 0.2
+_STALE_TABLES = """
+SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = current_schema() AND s.relname = ANY($1::text[])
+  AND s.n_mod_since_analyze >= $2
+  AND s.n_mod_since_analyze >= $3 * greatest(c.reltuples, 0)
+ORDER BY s.relname
+"""
+
 _EVENT_COLUMNS = (
     "seq, id, source, type, dedupe_key, status, received_at, occurred_at, job_id, file_id, "
     "company_id, task_ids"
@@ -159,16 +172,26 @@ UPDATE attempts a SET done_seq = nextval('attempts_done_seq')
 FROM ordered, unnest($1::text[], $2::int[]) AS r(delivery_id, attempt)
 WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
 """
+# Each touched event's status from that event's own deliveries only (reached by event id,
+# whatever the statistics, never by a scan of every open delivery): open while any delivery is
+# pending or running; failed when some handler's newest dead delivery has no later success;
+# else delivered. A row is rewritten only when its status changes.
 _REFRESH_STATUS = """
-UPDATE events SET status = CASE
-    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
-                 AND d.status IN ('pending', 'running')) THEN 'pending'
-    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'dead'
-                 AND NOT EXISTS (SELECT 1 FROM deliveries s WHERE s.event_id = d.event_id
-                                 AND s.handler = d.handler AND s.status = 'succeeded'
-                                 AND s.seq > d.seq)) THEN 'failed'
-    ELSE 'delivered' END
-WHERE id IN (SELECT event_id FROM deliveries WHERE id = ANY($1::text[]))
+WITH touched AS (
+    SELECT DISTINCT event_id FROM deliveries WHERE id = ANY($1::text[])
+), verdict AS (
+    SELECT t.event_id, CASE WHEN bool_or(h.open) THEN 'pending'
+                            WHEN bool_or(h.dead_seq > coalesce(h.ok_seq, 0)) THEN 'failed'
+                            ELSE 'delivered' END AS status
+    FROM touched t CROSS JOIN LATERAL (
+        SELECT bool_or(d.status IN ('pending', 'running')) AS open,
+               max(d.seq) FILTER (WHERE d.status = 'dead') AS dead_seq,
+               max(d.seq) FILTER (WHERE d.status = 'succeeded') AS ok_seq
+        FROM deliveries d WHERE d.event_id = t.event_id GROUP BY d.handler) h
+    GROUP BY t.event_id
+)
+UPDATE events e SET status = verdict.status FROM verdict
+WHERE e.id = verdict.event_id AND e.status <> verdict.status
 """
 
 
@@ -271,6 +294,18 @@ class PostgresStore(Store):
             await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: callback())
         except _ERRORS as exc:
             raise StoreError(str(exc)) from exc
+
+    async def refresh_statistics(self) -> list[str]:
+        """ANALYZE the busy tables whose rows changed by a good share since their last ANALYZE.
+        Servers often run with autovacuum off; without statistics, or with a table's from when
+        it was small, plans drift (and cached generic plans stay frozen until the next ANALYZE)."""
+        async with self._conn() as conn:
+            stale = [row["relname"] for row in await conn.fetch(_STALE_TABLES, list(_ANALYSED),
+                                                                ANALYZE_MIN_CHANGES,
+                                                                ANALYZE_SHARE)]
+            for table in stale:
+                await conn.execute(f"ANALYZE {table}")  # a name from _ANALYSED
+        return stale
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
