@@ -125,3 +125,40 @@ async def test_the_status_refresh_reads_the_touched_events_rows_only(
         costs.append(await _rows_read(url, _REFRESH_STATUS, [c.delivery_id for c in claims]))
     # The same eight deliveries' events at either backlog: the cost does not follow it.
     assert costs[1] <= costs[0] * 1.5 + 20, costs
+
+
+async def test_notifications_resume_after_the_listening_backend_is_terminated(
+    store: PostgresStore, url: str
+) -> None:
+    calls: list[int] = []
+    woken = asyncio.Event()
+
+    def wake() -> None:
+        calls.append(1)
+        woken.set()
+
+    async def until(condition: Any) -> None:
+        async with asyncio.timeout(10):
+            while not condition():
+                await asyncio.sleep(0.02)
+
+    await store.listen(wake)
+    await seed(url, events(0, 1))
+    await until(lambda: calls)
+    assert store._listener is not None
+    dropped = store._listener.get_server_pid()
+    admin = await asyncpg.connect(url)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", dropped)
+        # Back on a new backend, with one wake-up for whatever came meanwhile.
+        await until(lambda: store._listener is not None and len(calls) == 2)
+        assert store._listener is not None and store._listener.get_server_pid() != dropped
+        woken.clear()
+        await seed(url, events(1, 1))
+        async with asyncio.timeout(10):
+            await woken.wait()
+        assert len(calls) == 3
+    finally:
+        await admin.close()
+    await store.close()
+    assert store._listener is None and store._relisten is None

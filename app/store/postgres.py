@@ -10,8 +10,10 @@ which the web layer answers with 503 and the worker with a back-off.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal
@@ -45,12 +47,17 @@ from schemas.records import (
     Saved,
 )
 
+log = logging.getLogger("hookline.store")
+
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIGRATION_LOCK = 7_264_155_001
 IDLE_IN_TRANSACTION_MS = "60000"
 # 7_264_155_002 orders inserted events (migration 0006_commit_order).
 _OUTCOMES_ORDER_LOCK = 7_264_155_003
 NOTIFY_CHANNEL = "hookline_deliveries"
+# Seconds between tries to LISTEN again after the connection dropped (the first is at once).
+LISTEN_RETRY_MIN = 0.5
+LISTEN_RETRY_MAX = 10.0
 
 # The tables every batch reads and writes, analysed by the maintenance sweep once this many rows
 # changed, and at least this share of the rows they had (statistics cost a sample, not a scan).
@@ -214,6 +221,8 @@ class PostgresStore(Store):
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._on_deliveries: Callable[[], None] | None = None
+        self._relisten: asyncio.Task[None] | None = None
 
     # Connection management.
 
@@ -232,10 +241,16 @@ class PostgresStore(Store):
             raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
 
     async def close(self) -> None:
-        if self._listener is not None:
+        self._on_deliveries = None
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relisten
+            self._relisten = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
             with contextlib.suppress(*_ERRORS):
-                await self._listener.close()
-            self._listener = None
+                await listener.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -287,13 +302,51 @@ class PostgresStore(Store):
             await conn.fetchval("SELECT 1")
 
     async def listen(self, callback: Callable[[], None]) -> None:
-        """Call `callback` whenever any process adds deliveries. If this connection drops, the
-        worker's periodic sweep still finds what is due."""
+        """Call `callback` whenever any process adds deliveries. A dropped connection (a server
+        restart, a terminated backend) is opened again, and `callback` called once then for what
+        was added meanwhile; until it is back, the worker's periodic sweep finds what is due."""
+        self._on_deliveries = callback
         try:
-            self._listener = await asyncpg.connect(self.url)
-            await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: callback())
+            await self._listen_once()
         except _ERRORS as exc:
             raise StoreError(str(exc)) from exc
+
+    async def _listen_once(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._notified())
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
+
+    def _notified(self) -> None:
+        if self._on_deliveries is not None:
+            self._on_deliveries()
+
+    def _listener_lost(self, conn: asyncpg.Connection) -> None:
+        # close() forgets its listener before closing it: only a drop gets here with it.
+        if conn is not self._listener or self._on_deliveries is None:
+            return
+        self._listener = None
+        log.warning("LISTEN connection lost; opening it again")
+        self._relisten = asyncio.get_running_loop().create_task(
+            self._listen_again(), name="hookline-listen-again")
+
+    async def _listen_again(self) -> None:
+        delay = 0.0
+        while self._on_deliveries is not None:
+            await asyncio.sleep(delay)
+            try:
+                await self._listen_once()
+            except _ERRORS as exc:
+                delay = min(LISTEN_RETRY_MAX, max(LISTEN_RETRY_MIN, delay * 2))
+                log.warning("cannot LISTEN again (next try in %g s): %s", delay, exc)
+                continue
+            log.info("listening for new deliveries again")
+            self._notified()  # whatever was added while no one listened
+            return
 
     async def refresh_statistics(self) -> list[str]:
         """ANALYZE the busy tables whose rows changed by a good share since their last ANALYZE.
