@@ -162,3 +162,28 @@ async def test_notifications_resume_after_the_listening_backend_is_terminated(
         await admin.close()
     await store.close()
     assert store._listener is None and store._relisten is None
+
+
+async def test_an_insert_does_not_wait_for_another_still_open(
+    store: PostgresStore, url: str
+) -> None:
+    """Receivers do not queue behind each other's commits; the tail still holds the later
+    insert back until the earlier one commits."""
+    from app.store.base import EventFilter
+    from app.store.postgres import _SAVE_BATCH, _batch_json
+
+    head, _ = await store.heads()
+    conn = await asyncpg.connect(url)
+    try:
+        open_insert = conn.transaction()
+        await open_insert.start()
+        await conn.fetch(_SAVE_BATCH, _batch_json(events(0, 1)))
+        async with asyncio.timeout(5):
+            saved = await store.save_events(events(1, 3))
+        assert [s.duplicate for s in saved] == [False] * 3  # type: ignore[union-attr]
+        assert await store.tail_events(EventFilter(), head, 10) == []
+        assert (await store.heads())[0] == head
+        await open_insert.commit()
+    finally:
+        await conn.close()
+    assert len(await store.tail_events(EventFilter(), head, 10)) == 4

@@ -52,8 +52,6 @@ log = logging.getLogger("hookline.store")
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIGRATION_LOCK = 7_264_155_001
 IDLE_IN_TRANSACTION_MS = "60000"
-# 7_264_155_002 orders inserted events (migration 0006_commit_order).
-_OUTCOMES_ORDER_LOCK = 7_264_155_003
 NOTIFY_CHANNEL = "hookline_deliveries"
 # Seconds between tries to LISTEN again after the connection dropped (the first is at once).
 LISTEN_RETRY_MIN = 0.5
@@ -153,8 +151,9 @@ FROM claimed c JOIN events e ON e.id = c.event_id
 _CLAIM_ANY = _DUE_ANY + _CLAIM_REST
 _CLAIM_PER_HANDLER = _DUE_PER_HANDLER + _CLAIM_REST
 
-# A whole batch of outcomes in one statement: the attempts and the deliveries whose lease the
-# finishing worker still holds.
+# A whole batch of outcomes in one statement: the attempts, each with its position in the tail
+# (see _HORIZONS), and the deliveries whose lease the finishing worker still holds. Being the
+# transaction's first statement, it locks `attempts` before the transaction has an id.
 _FINISH_BATCH = """
 WITH r AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::text[],
@@ -162,7 +161,9 @@ WITH r AS (
         AS r(delivery_id, owner, attempt, ended_at, outcome, status, next_at, error, http_status)
 ), attempt_rows AS (
     UPDATE attempts a SET ended_at = r.ended_at, outcome = r.outcome, error = r.error,
-                          http_status = r.http_status
+                          http_status = r.http_status,
+                          done_seq = (pg_current_xact_id()::text::bigint << 20)
+                                     + (nextval('attempts_done_seq') & 1048575)
     FROM r WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
 )
 UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_owner = NULL,
@@ -171,13 +172,28 @@ FROM r WHERE d.id = r.delivery_id AND d.lease_owner = r.owner AND d.attempts = r
              AND d.status = 'running'
 RETURNING d.id, d.attempts
 """
-# The last step of a finish: the attempts take their positions in the tail, under a lock taken
-# in the same statement (before any position is drawn) and held to the commit (see finish()).
-_NUMBER_OUTCOMES = """
-WITH ordered AS (SELECT pg_advisory_xact_lock($3))
-UPDATE attempts a SET done_seq = nextval('attempts_done_seq')
-FROM ordered, unnest($1::text[], $2::int[]) AS r(delivery_id, attempt)
-WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
+# How far a tail may read. Positions (events.seq, attempts.done_seq) start with the id of the
+# transaction that drew them, shifted left by 20 bits (migration 0007). A transaction that
+# draws positions locks its table before it has an id (the insert, or the finish, is its first
+# statement). So any position that can still appear is at or above the smallest of: the ids of
+# transactions holding a write lock on the table now (pg_locks), and the next id to be assigned
+# (this statement's snapshot, taken before pg_locks is read). The rows are then read by a later
+# statement, whose snapshot holds everything committed below that. Transactions on other tables
+# or in other databases do not hold a tail back, and writers never wait for each other.
+_HORIZONS = """
+WITH next AS (
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xid
+), writers AS (
+    SELECT w.relation, next.xid + (x.transactionid::text::bigint - (next.xid & 4294967295)
+                                   + 6442450944) % 4294967296 - 2147483648 AS xid
+    FROM next, pg_locks w JOIN pg_locks x ON x.virtualtransaction = w.virtualtransaction
+    WHERE w.locktype = 'relation' AND w.mode = 'RowExclusiveLock'
+      AND w.relation IN ('events'::regclass, 'attempts'::regclass)
+      AND x.locktype = 'transactionid' AND w.pid IS DISTINCT FROM pg_backend_pid()
+)
+SELECT least(next.xid, (SELECT min(xid) FROM writers WHERE relation = 'events'::regclass)) << 20,
+       least(next.xid, (SELECT min(xid) FROM writers WHERE relation = 'attempts'::regclass)) << 20
+FROM next
 """
 # Each touched event's status from that event's own deliveries only (reached by event id,
 # whatever the statistics, never by a scan of every open delivery): open while any delivery is
@@ -454,17 +470,21 @@ class PostgresStore(Store):
 
     async def heads(self) -> tuple[int, int]:
         async with self._conn() as conn:
+            events, outcomes = await _horizons(conn)
             row = await conn.fetchrow(
-                "SELECT (SELECT max(seq) FROM events), (SELECT max(done_seq) FROM attempts)")
+                "SELECT (SELECT max(seq) FROM events WHERE seq < $1), "
+                "(SELECT max(done_seq) FROM attempts WHERE done_seq < $2)", events, outcomes)
         assert row is not None
         return row[0] or 0, row[1] or 0
 
     async def tail_events(
         self, filters: EventFilter, after: int, limit: int
     ) -> list[tuple[int, EventRecord]]:
-        where, params = _numbered([*_event_clauses(filters), ("seq > ?", after)])
-        params.append(limit)
         async with self._conn() as conn:
+            below, _ = await _horizons(conn)
+            where, params = _numbered(
+                [*_event_clauses(filters), ("seq > ?", after), ("seq < ?", below)])
+            params.append(limit)
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM events{_and(where)} "
                 f"ORDER BY seq LIMIT ${len(params)}", *params)
@@ -474,9 +494,11 @@ class PostgresStore(Store):
         self, filters: EventFilter, after: int, limit: int
     ) -> list[tuple[int, Outcome]]:
         clauses = [("e." + sql, value) for sql, value in _event_clauses(filters)]
-        where, params = _numbered([*clauses, ("a.done_seq > ?", after)])
-        params.append(limit)
         async with self._conn() as conn:
+            _, below = await _horizons(conn)
+            where, params = _numbered(
+                [*clauses, ("a.done_seq > ?", after), ("a.done_seq < ?", below)])
+            params.append(limit)
             rows = await conn.fetch(
                 f"SELECT a.done_seq, a.delivery_id, d.event_id, e.type, d.handler, a.number, "
                 f"a.outcome, d.status, a.ended_at, a.error FROM attempts a "
@@ -558,11 +580,6 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             rows = await conn.fetch(_FINISH_BATCH, *columns)
             await conn.execute(_REFRESH_STATUS, columns[0])
-            # Outcomes draw their positions (done_seq) in commit order, so a live tail never
-            # sees a lower position appear after a higher: one finish at a time numbers its
-            # attempts and commits. The lock is taken last, so it is held only that long, and
-            # its holder only touches rows it has locked already (no deadlock).
-            await conn.execute(_NUMBER_OUTCOMES, columns[0], columns[2], _OUTCOMES_ORDER_LOCK)
         updated = {(row["id"], row["attempts"]) for row in rows}
         return [(r.delivery_id, r.attempt) in updated for r in results]
 
@@ -728,6 +745,13 @@ class PostgresStore(Store):
                 f"WHERE e.received_at < $2", since, until)
         return [LatestEvent(r["entity"], r["id"], r["source"], r["type"], r["received_at"])
                 for r in rows]
+
+
+async def _horizons(conn: asyncpg.Connection) -> tuple[int, int]:
+    """The positions below which events and outcomes are final (see _HORIZONS)."""
+    row = await conn.fetchrow(_HORIZONS)
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 async def _resolve(
