@@ -187,3 +187,59 @@ async def test_an_insert_does_not_wait_for_another_still_open(
     finally:
         await conn.close()
     assert len(await store.tail_events(EventFilter(), head, 10)) == 4
+
+
+async def _store_rows_read(store: PostgresStore, sql: str, *args: Any) -> int:
+    """`_rows_read` on one of the store's own connections (its settings), rolled back."""
+    async with store._conn() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        explained = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+        await transaction.rollback()
+    return _plan_rows(json.loads(explained)[0]["Plan"])
+
+
+async def _batch_costs(store: PostgresStore, url: str, first: int, backlog: int) -> dict[str, int]:
+    """Rows read by each statement a batch runs, over a backlog of `backlog` due deliveries
+    (a tenth of them already done), with no statistics and generic plans."""
+    from app.store import postgres as pg
+
+    await seed(url, events(first, backlog))
+    now = T0 + first + backlog
+    for _ in range(backlog // 640):
+        done = await store.claim_due("w", now, 30, 64)
+        await store.finish([Finished(c.delivery_id, "w", 1, now, "succeeded", "succeeded")
+                            for c in done])
+    claims = await store.claim_due("w", now, 30, 64)
+    ids = [c.delivery_id for c in claims]
+    n = len(ids)
+    events_below, outcomes_below = await store.heads()
+    claim = [now, 64, "w2", now + 30]
+    return {
+        "save": await _store_rows_read(store, pg._SAVE_BATCH,
+                                       pg._batch_json(events(10**6 + first, 64))),
+        "claim": await _store_rows_read(store, pg._CLAIM_ANY, *claim),
+        "claim per handler": await _store_rows_read(store, pg._CLAIM_PER_HANDLER, *claim,
+                                                    ["h"], [64]),
+        "finish": await _store_rows_read(
+            store, pg._FINISH_BATCH, ids, ["w"] * n, [1] * n, [now] * n, ["succeeded"] * n,
+            ["succeeded"] * n, [None] * n, [None] * n, [None] * n),
+        "refresh": await _store_rows_read(store, pg._REFRESH_STATUS, ids),
+        "tail events": await _store_rows_read(
+            store, "SELECT seq FROM events WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT 500",
+            events_below - 1, events_below + 1),
+        "tail outcomes": await _store_rows_read(
+            store, "SELECT a.done_seq FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
+            "JOIN events e ON e.id = d.event_id WHERE a.done_seq > $1 AND a.done_seq < $2 "
+            "ORDER BY a.done_seq LIMIT 500", outcomes_below - 1, outcomes_below + 1),
+    }
+
+
+async def test_no_batch_statement_reads_more_as_the_backlog_grows(
+    store: PostgresStore, url: str
+) -> None:
+    small = await _batch_costs(store, url, 0, 640)
+    large = await _batch_costs(store, url, 100_000, 6400)
+    for name, rows in large.items():
+        assert rows <= small[name] * 1.5 + 50, (name, small[name], rows)

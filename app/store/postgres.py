@@ -52,6 +52,14 @@ log = logging.getLogger("hookline.store")
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIGRATION_LOCK = 7_264_155_001
 IDLE_IN_TRANSACTION_MS = "60000"
+# Every statement here reaches its rows by a key or an index range under a LIMIT. Without
+# statistics (autovacuum off, a table never analysed) or with a generic plan made while a table
+# was small, the planner's estimates are guesses, and a guess that favours a scan or a hash of
+# a whole table makes a claim or a finish read the entire backlog each time. These settings
+# leave it the index paths (they only price the others out: a statement with no other way
+# still runs), so a plan's cost follows the rows it touches, not the size of the tables.
+PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_bitmapscan": "off",
+                    "enable_hashjoin": "off", "enable_mergejoin": "off"}
 NOTIFY_CHANNEL = "hookline_deliveries"
 # Seconds between tries to LISTEN again after the connection dropped (the first is at once).
 LISTEN_RETRY_MIN = 0.5
@@ -156,8 +164,9 @@ _CLAIM_PER_HANDLER = _DUE_PER_HANDLER + _CLAIM_REST
 # transaction's first statement, it locks `attempts` before the transaction has an id.
 _FINISH_BATCH = """
 WITH r AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::text[],
-                         $6::text[], $7::float8[], $8::text[], $9::int[])
+    SELECT *, 'running'::text AS leased
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::text[],
+                $6::text[], $7::float8[], $8::text[], $9::int[])
         AS r(delivery_id, owner, attempt, ended_at, outcome, status, next_at, error, http_status)
 ), attempt_rows AS (
     UPDATE attempts a SET ended_at = r.ended_at, outcome = r.outcome, error = r.error,
@@ -169,7 +178,8 @@ WITH r AS (
 UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_owner = NULL,
                         lease_expires_at = NULL, last_error = r.error, updated_at = r.ended_at
 FROM r WHERE d.id = r.delivery_id AND d.lease_owner = r.owner AND d.attempts = r.attempt
-             AND d.status = 'running'
+             AND d.status = r.leased  -- not a literal: each row by its id, not the index of
+                                      -- every running delivery (a partial index on status)
 RETURNING d.id, d.attempts
 """
 # How far a tail may read. Positions (events.seq, attempts.done_seq) start with the id of the
@@ -249,7 +259,8 @@ class PostgresStore(Store):
                 init=_init_connection, command_timeout=30,
                 # A process frozen in a transaction (stopped, partitioned) must not hold row and
                 # ordering locks, and with them every other receiver and worker, for long.
-                server_settings={"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS},
+                server_settings={"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS,
+                                 **PLANNER_SETTINGS},
             )
             await self.migrate()
         except _ERRORS as exc:
