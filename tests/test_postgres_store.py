@@ -90,6 +90,32 @@ async def test_the_sweep_analyses_tables_that_grew_and_only_those(
     assert await store.refresh_statistics() == []
 
 
+async def test_without_autovacuum_the_sweep_vacuums_tables_with_many_dead_rows(
+    store: PostgresStore, url: str
+) -> None:
+    async with store._conn() as conn:
+        if await conn.fetchval("SHOW autovacuum") != "off":
+            pytest.skip("this server vacuums its tables itself")
+    await seed(url, events(0, 1500))
+    async with asyncio.timeout(10):
+        while not await store.refresh_statistics():
+            await asyncio.sleep(0.05)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("UPDATE deliveries SET updated_at = updated_at + 1")
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    finally:
+        await conn.close()
+    async with asyncio.timeout(10):
+        while not (done := await store.refresh_statistics()):
+            await asyncio.sleep(0.05)
+    assert done == ["deliveries"]
+    async with store._conn() as conn:
+        vacuumed = await conn.fetch("SELECT relname FROM pg_stat_user_tables WHERE schemaname = "
+                                    "current_schema() AND last_vacuum IS NOT NULL")
+    assert [row["relname"] for row in vacuumed] == ["deliveries"]
+
+
 def _plan_rows(plan: dict[str, Any]) -> int:
     """Rows that every node of an executed plan handled, loops counted."""
     own = int(plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1))
