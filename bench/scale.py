@@ -1,4 +1,4 @@
-"""Scale-out benchmark: PostgreSQL against SQLite, 1 and 2 receivers, 1 and 2 workers, and a backlog.
+"""Scale-out benchmark: PostgreSQL against SQLite, 1 and 2 receivers and workers, and backlogs.
 
 For each layout: receivers (separate processes, `--role receiver`) are loaded by one wrk per
 receiver for a fixed time with distinct events; then workers (`--role worker`) drain what was
@@ -227,7 +227,8 @@ def main() -> None:
     spread = abs(large - small) / max(small, large)
     figures = [
         ("postgres 1 worker / sqlite 1 worker", pg[1][1] / sqlite[1],
-         f">= {MIN_PG_OVER_SQLITE_DISPATCH:g}x", pg[1][1] / sqlite[1] >= MIN_PG_OVER_SQLITE_DISPATCH),
+         f">= {MIN_PG_OVER_SQLITE_DISPATCH:g}x",
+         pg[1][1] / sqlite[1] >= MIN_PG_OVER_SQLITE_DISPATCH),
         ("postgres 2 workers / 1 worker", pg[2][1] / pg[1][1], f">= {MIN_TWO_OVER_ONE_WORKER:g}x",
          pg[2][1] / pg[1][1] >= MIN_TWO_OVER_ONE_WORKER),
         ("postgres 1 receiver / sqlite ingest", pg[1][0] / sqlite[0],

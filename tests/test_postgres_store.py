@@ -168,6 +168,8 @@ async def test_notifications_resume_after_the_listening_backend_is_terminated(
             while not condition():
                 await asyncio.sleep(0.02)
 
+    # The channel is the database's: other stores on it may wake this one too, so the test
+    # counts at least, never exactly.
     await store.listen(wake)
     await seed(url, events(0, 1))
     await until(lambda: calls)
@@ -175,15 +177,15 @@ async def test_notifications_resume_after_the_listening_backend_is_terminated(
     dropped = store._listener.get_server_pid()
     admin = await asyncpg.connect(url)
     try:
+        before = len(calls)
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", dropped)
-        # Back on a new backend, with one wake-up for whatever came meanwhile.
-        await until(lambda: store._listener is not None and len(calls) == 2)
-        assert store._listener is not None and store._listener.get_server_pid() != dropped
+        # Back on a new backend, with a wake-up for whatever came meanwhile.
+        await until(lambda: store._listener is not None
+                    and store._listener.get_server_pid() != dropped and len(calls) > before)
         woken.clear()
         await seed(url, events(1, 1))
         async with asyncio.timeout(10):
             await woken.wait()
-        assert len(calls) == 3
     finally:
         await admin.close()
     await store.close()

@@ -517,7 +517,8 @@ async def test_event_status_follows_its_deliveries_in_random_histories(store: St
             now += 1
             action = rand.random()
             if action < 0.55:
-                claims = await store.claim_due("w", now, 30, 5, {n: rand.randint(1, 3) for n in names})
+                wanted = {n: rand.randint(1, 3) for n in names}
+                claims = await store.claim_due("w", now, 30, 5, wanted)
                 for claim in claims:
                     event_id, o, handler, _ = model[claim.delivery_id]
                     model[claim.delivery_id] = (event_id, o, handler, "running")
