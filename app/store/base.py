@@ -184,6 +184,11 @@ class Store(abc.ABC):
         """Call `callback` when another process adds deliveries. A store used by one process
         (SQLite) has nothing to listen to: the in-process wake-up covers it."""
 
+    async def refresh_statistics(self) -> list[str]:
+        """Update the planner's statistics of tables whose size changed a lot since they were
+        last taken; the tables analysed. A store that needs none (SQLite) does nothing."""
+        return []
+
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         """Whether this process may run the singleton job `name` now (held for the block).
