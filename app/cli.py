@@ -1,4 +1,4 @@
-"""The `hookline` command: serve, check-config, migrate, events, send, schemas.
+"""The `hookline` command: serve, check-config, migrate, events, rejections, send, schemas.
 
 Each verb is a small function over the same settings, store interface and pure helpers the
 server uses; none reaches into private tables or re-implements a rule of the server.
@@ -208,6 +208,65 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _list_rejections(settings: Settings, args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from app.store.rejections import RejectionFilter
+
+    now = time.time()
+    filters = RejectionFilter(
+        source=args.source, code=args.code,
+        since=parse_when(args.since, now) if args.since else None,
+        until=parse_when(args.until, now) if args.until else None,
+    )
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    try:
+        page = await store.list_rejections(filters, args.limit, args.cursor)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(page.model_dump(mode="json"), indent=2))
+        return
+    table = Table()
+    for column in ("received", "id", "source", "status", "code", "message", "remote"):
+        table.add_column(column, no_wrap=column in ("received", "id"))
+    for item in page.items:
+        received = datetime.fromtimestamp(item.received_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        source = item.source if item.known else f"{item.source} (unknown)"
+        table.add_row(received, item.id, source, str(item.status), item.code, item.message,
+                      item.remote or "")
+    _console().print(table)
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+
+
+async def _show_rejection(settings: Settings, rejection_id: str) -> int:
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    try:
+        record = await store.get_rejection(rejection_id)
+    finally:
+        await store.close()
+    if record is None:
+        print(f"no rejection {rejection_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(record.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_rejections(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if args.rejections_verb == "show":
+        return asyncio.run(_show_rejection(settings, args.id))
+    try:
+        asyncio.run(_list_rejections(settings, args))
+    except ValueError:
+        print("invalid cursor", file=sys.stderr)
+        return 2
+    return 0
+
+
 def parse_when(text: str, now: float) -> float:
     """Unix seconds from `1790000000`, an ISO 8601 time, or an age such as `90s`, `30m`, `2h`, `7d`."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -413,6 +472,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.add_argument("--config")
     events.set_defaults(func=cmd_events)
+
+    rejections = verbs.add_parser("rejections", help="read the log of refused webhook requests")
+    rejections_verbs = rejections.add_subparsers(dest="rejections_verb", required=True)
+    rejected = rejections_verbs.add_parser("list", help="newest refused requests as a table")
+    rejected.add_argument("--config")
+    rejected.add_argument("--source", help="a source's name, or the unknown name requests used")
+    rejected.add_argument("--code", help="error code: unauthorized, schema_invalid, ...")
+    rejected.add_argument("--since", help="unix seconds, ISO 8601, or an age: 90s, 30m, 2h, 7d")
+    rejected.add_argument("--until", help="as --since")
+    rejected.add_argument("--limit", type=int, default=20)
+    rejected.add_argument("--cursor", help="the next page, as printed after the previous one")
+    rejected.add_argument("--json", action="store_true", help="the API's JSON page")
+    show_rejection = rejections_verbs.add_parser(
+        "show", help="one refused request with its field errors, headers and body, as JSON")
+    show_rejection.add_argument("id")
+    show_rejection.add_argument("--config")
+    rejections.set_defaults(func=cmd_rejections)
 
     replay_cmd = verbs.add_parser("replay", help="fresh deliveries for stored events")
     replay_cmd.add_argument("ids", nargs="*", help="event ids (or select with the options)")

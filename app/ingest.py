@@ -31,6 +31,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.ids import new_id
+from app.rejections import BODY_KEY
 from app.routing import handlers_for
 from app.runtime import Runtime
 from app.tally import UNKNOWN_SOURCE
@@ -50,6 +51,7 @@ class WebhookEndpoint:
             status, answer = await receive_webhook(scope, receive)
         except Exception as exc:
             _count_rejection(runtime, scope["path_params"]["source"], exc)
+            runtime.rejections.record(scope, exc, runtime.clock.now())
             raise
         finally:
             runtime.metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -86,6 +88,7 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     now = runtime.clock.now()
     if not auth.verify(source.auth, headers, query, body, now):
         raise Unauthorized()
+    scope["state"][BODY_KEY] = body  # a refusal from here on is logged with the body
 
     payload = _parse_json(body)
     try:

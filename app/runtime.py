@@ -19,6 +19,7 @@ from app.errors import ConfigError
 from app.intake import Intake
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter
+from app.rejections import RejectionLog
 from app.routing import Route, compile_routes
 from app.store import Store
 from app.store.base import Finished
@@ -62,6 +63,7 @@ class Runtime:
     changes: Changes = field(init=False, default_factory=Changes)
     stats: StatsCache = field(init=False)
     secret_headers: frozenset[str] = field(init=False)
+    rejections: RejectionLog = field(init=False)
 
     def __post_init__(self) -> None:
         server = self.settings.server
@@ -74,6 +76,8 @@ class Runtime:
         )
         self.routes = compile_routes(self.settings.routes)
         self.secret_headers = credential_headers(s.auth for s in self.settings.sources.values())
+        self.rejections = RejectionLog(
+            self.settings.rejections, self.settings.sources, self.secret_headers)
         try:
             self.handlers = load_handlers(self.settings.handlers)
         except HandlerLoadError as exc:
