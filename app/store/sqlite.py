@@ -742,10 +742,13 @@ class SQLiteStore(Store):
         return rejections.record(row, json.loads(row["details"]), json.loads(row["headers"]))
 
     async def prune_rejections(self, before: float, keep: int) -> int:
+        # The cap's boundary is found on the reader, so the writer (and ingest behind it) waits
+        # only for the deletes. Rows added meanwhile are newer: the boundary still holds.
+        first = await self._read(rejections.FIRST_OVER_CAP, [keep])
+
         async def steps(conn: aiosqlite.Connection) -> int:
             cursor = await conn.execute(rejections.PRUNE_OLD, (before,))
             pruned = cursor.rowcount
-            first = await conn.execute_fetchall(rejections.FIRST_OVER_CAP, (keep,))
             if first:
                 at, seq = first[0]
                 cursor = await conn.execute(rejections.PRUNE_FROM, (at, at, seq))
