@@ -29,6 +29,9 @@ log = logging.getLogger("hookline.rejections")
 DAY = 86_400.0
 MAX_NAME = 64
 """Characters of an unknown source's name kept: the name is the caller's text."""
+MAX_MESSAGE = 500
+MAX_DETAILS = 100
+"""Field errors kept of one 422: a payload with thousands of bad fields keeps the first ones."""
 BODY_KEY = "authenticated_body"
 """Where ingest leaves a body that passed authentication, in the request's `scope["state"]`."""
 
@@ -149,7 +152,8 @@ class RejectionLog:
         return NewRejection(
             id=new_id("rej", now), received_at=now,
             source=name if source is not None else bounded_name(name), known=source is not None,
-            status=exc.status, code=exc.code, message=exc.message, details=list(exc.details),
+            status=exc.status, code=exc.code, message=exc.message[:MAX_MESSAGE],
+            details=list(exc.details[:MAX_DETAILS]),
             remote=client[0] if client else None, headers=headers, body=body,
             body_bytes=body_bytes, truncated=truncated, dropped_before=dropped_before,
         )

@@ -21,7 +21,16 @@ from app.errors import (
     SchemaInvalid,
     Unauthorized,
 )
-from app.rejections import MAX_NAME, RejectionLog, Sampler, bounded_name, capped, recorded
+from app.rejections import (
+    MAX_DETAILS,
+    MAX_MESSAGE,
+    MAX_NAME,
+    RejectionLog,
+    Sampler,
+    bounded_name,
+    capped,
+    recorded,
+)
 from app.runtime import Runtime
 from app.scheduler import Maintenance
 from app.store import StoreError
@@ -92,6 +101,15 @@ def test_the_buffer_is_bounded_in_rows_and_body_bytes() -> None:
     assert [(r.body, r.truncated) for r in rejections._rows] == [
         (b"x" * 6, False), (None, True), (None, True)]
     assert rejections.sampler.pending("partner") == 2  # the two with no room are counted
+
+
+def test_messages_and_field_errors_are_bounded() -> None:
+    rejections = _log()
+    many = [{"loc": ["items", n], "msg": "bad"} for n in range(MAX_DETAILS + 50)]
+    rejections.record(_scope("nobody" * 1000), SchemaInvalid("x" * 5000, details=many), 1.0)
+    [row] = rejections._rows
+    assert len(row.message) == MAX_MESSAGE and row.details == many[:MAX_DETAILS]
+    assert len(row.source) == MAX_NAME and row.known is False and row.body is None
 
 
 def test_recording_never_raises() -> None:
