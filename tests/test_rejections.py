@@ -370,3 +370,27 @@ async def test_the_intakes_503_and_a_429_are_recorded(
         one = (await client.get(f"/api/rejections/{unavailable['id']}")).json()
         assert one["body"] == body.decode()
         assert "webhook-signature" not in one["headers"] and "webhook-id" in one["headers"]
+
+
+async def test_rejections_waiting_at_shutdown_are_written(
+    tmp_path: Path, clock: FakeClock, config: dict[str, Any]
+) -> None:
+    from app.main import create_app
+    from app.store import store_from_url
+    from app.store.rejections import RejectionFilter
+
+    settings = settings_from_mapping(config, {})
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://hookline"
+    ) as client:
+        assert (await client.post("/webhooks/filecheck", content=b"{", headers=FC)
+                ).status_code == 400
+        assert app.state.runtime.rejections.waiting == 1
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    try:
+        [row] = (await store.list_rejections(RejectionFilter(), 10)).items
+    finally:
+        await store.close()
+    assert row.code == "invalid_json"
