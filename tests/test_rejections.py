@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import FakeClock, sample, standard_body, standard_headers
 from starlette.applications import Starlette
 
 from app import cli
@@ -35,7 +36,6 @@ from app.runtime import Runtime
 from app.scheduler import Maintenance
 from app.store import StoreError
 from app.store.sqlite import SQLiteStore
-from conftest import FakeClock, sample, standard_body, standard_headers
 from schemas.records import NewEvent, Saved
 
 FC = {"content-type": "application/json", "x-hook-token": "fc-token"}

@@ -9,7 +9,7 @@ binds JSON and booleans.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,7 +117,7 @@ def list_query(filters: RejectionFilter, limit: int, cursor: str | None) -> tupl
     return sql + " ORDER BY received_at DESC, seq DESC LIMIT ?", [*params, limit + 1]
 
 
-def page(rows: list[Mapping[str, Any]], limit: int) -> RejectionPage:
+def page(rows: Sequence[Any], limit: int) -> RejectionPage:
     """The page of `list_query`'s rows."""
     items = [record(row) for row in rows[:limit]]
     if len(rows) <= limit:
@@ -126,9 +126,10 @@ def page(rows: list[Mapping[str, Any]], limit: int) -> RejectionPage:
     return RejectionPage(items=items, next_cursor=encode_cursor(last["received_at"], last["seq"]))
 
 
-def record(row: Mapping[str, Any], details: Any = None, headers: Any = None) -> RejectionRecord:
-    """A record from a row; the detail columns given already decoded."""
-    body = row["body"] if "body" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+def record(row: Any, details: Any = None, headers: Any = None) -> RejectionRecord:
+    """A record from a row (sqlite3.Row or asyncpg.Record); the detail columns given already
+    decoded."""
+    body = row["body"] if "body" in row.keys() else None  # noqa: SIM118 (rows are not dicts)
     return RejectionRecord(
         id=row["id"], received_at=row["received_at"], source=row["source"],
         known=bool(row["known"]), status=row["status"], code=row["code"],
