@@ -394,3 +394,22 @@ async def test_rejections_waiting_at_shutdown_are_written(
     finally:
         await store.close()
     assert row.code == "invalid_json"
+
+
+async def test_receivers_tick_the_flush_and_the_prune(app: Starlette) -> None:
+    from app.scheduler import start_scheduler
+
+    maintenance = _maintenance(app)
+    ticks = start_scheduler(maintenance, worker_ticks=False)
+    try:
+        jobs = {job.id: job for job in ticks.get_jobs()}
+        assert {"counts", "rejections", "rejections-prune"} <= set(jobs)
+        assert jobs["rejections"].trigger.interval.total_seconds() == 5
+    finally:
+        ticks.shutdown(wait=False)
+    maintenance.rejections = None
+    ticks = start_scheduler(maintenance, worker_ticks=False)
+    try:
+        assert "rejections" not in {job.id for job in ticks.get_jobs()}
+    finally:
+        ticks.shutdown(wait=False)
