@@ -413,3 +413,19 @@ async def test_receivers_tick_the_flush_and_the_prune(app: Starlette) -> None:
         assert "rejections" not in {job.id for job in ticks.get_jobs()}
     finally:
         ticks.shutdown(wait=False)
+
+
+async def test_reading_rejections_needs_the_read_scope(
+    tmp_path: Path, clock: FakeClock, config: dict[str, Any]
+) -> None:
+    from app.main import create_app
+
+    config["api"] = {"tokens": [{"name": "dashboard", "token": "read-0123456789"}]}
+    app = create_app(settings_from_mapping(config, {}), clock=clock)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://hookline"
+    ) as client:
+        for path in ("/api/rejections", "/api/rejections/rej_x"):
+            assert (await client.get(path)).status_code == 401
+        read = {"authorization": "Bearer read-0123456789"}
+        assert (await client.get("/api/rejections", headers=read)).status_code == 200
