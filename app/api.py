@@ -40,6 +40,7 @@ from app.when import (
     parse_when,
 )
 from schemas.records import EventRecord
+from app.store.rejections import RejectionFilter
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -415,3 +416,30 @@ async def get_entity(request: Request) -> Response:
     if answer is None:
         raise NotFound(f"no events of that {kind}")
     return JSONResponse(answer)
+
+
+async def list_rejections(request: Request) -> Response:
+    """Refused webhook requests newest first; filters `source`, `code`, `since`, `until`."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    now = runtime.clock.now()
+    filters = RejectionFilter(
+        source=params.get("source"), code=params.get("code"),
+        since=_when(params, "since", now), until=_when(params, "until", now),
+    )
+    try:
+        page = await runtime.store.list_rejections(filters, _limit(params), params.get("cursor"))
+    except ValueError:
+        raise BadRequest("invalid cursor") from None
+    return _model_json(page)
+
+
+async def get_rejection(request: Request) -> Response:
+    """One refused request with its field errors, headers (less secrets) and kept body."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    record = await runtime.store.get_rejection(request.path_params["rejection_id"])
+    if record is None:
+        raise NotFound("no such rejection")
+    return _model_json(record)

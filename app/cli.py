@@ -1,4 +1,4 @@
-"""The `hookline` command: serve, check-config, migrate, events, send, schemas.
+"""The `hookline` command: serve, check-config, migrate, events, rejections, send, schemas.
 
 Each verb is a small function over the same settings, store interface and pure helpers the
 server uses; none reaches into private tables or re-implements a rule of the server.
@@ -479,6 +479,54 @@ PLAN_COLUMNS = (Column("event", keep=True), Column("type", keep=True),
                 Column("would run", fold=True))
 
 
+REJECTION_COLUMNS = (Column("received"), Column("id", keep=True), Column("source"),
+                     Column("code", keep=True), Column("status"), Column("message", fold=True),
+                     Column("remote"))
+
+
+async def _list_rejections(settings: Settings, args: argparse.Namespace) -> None:
+    from app.store.rejections import RejectionFilter
+
+    now = time.time()
+    filters = RejectionFilter(source=args.source, code=args.code,
+                              since=_since(args.since, now), until=_since(args.until, now))
+    async with opened_store(settings) as store:
+        try:
+            page = await store.list_rejections(filters, args.limit, args.cursor)
+        except ValueError:
+            raise UsageError("--cursor: not a cursor this store handed out; give the one"
+                             " printed after the previous page") from None
+    if args.json:
+        print(json.dumps(page.model_dump(mode="json"), indent=2))
+        return
+    rows = []
+    for item in page.items:
+        received = datetime.fromtimestamp(item.received_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        source = item.source if item.known else f"{item.source} (unknown)"
+        rows.append((received, item.id, source, item.code, str(item.status), item.message,
+                     item.remote or ""))
+    print_table(REJECTION_COLUMNS, rows)
+    if page.next_cursor:
+        print(f"more: --cursor {plain(page.next_cursor)}", file=sys.stderr)
+
+
+async def _show_rejection(settings: Settings, rejection_id: str) -> int:
+    async with opened_store(settings) as store:
+        record = await store.get_rejection(rejection_id)
+    if record is None:
+        raise Failure(f"no rejection {plain(rejection_id)}")
+    print(json.dumps(record.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_rejections(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    if args.rejections_verb == "show":
+        return asyncio.run(_show_rejection(settings, args.id))
+    asyncio.run(_list_rejections(settings, args))
+    return 0
+
+
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.text import Text
@@ -695,6 +743,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config")
     show.add_argument("--json", action="store_true", help="the default: JSON")
     events.set_defaults(func=cmd_events)
+
+    rejections = verbs.add_parser("rejections", help="read the log of refused webhook requests")
+    rejections_verbs = rejections.add_subparsers(dest="rejections_verb", required=True)
+    rejected = rejections_verbs.add_parser("list", help="newest refused requests as a table")
+    rejected.add_argument("--config")
+    rejected.add_argument("--source", help="a source's name, or the unknown name requests used")
+    rejected.add_argument("--code", help="error code: unauthorized, schema_invalid, ...")
+    rejected.add_argument("--since", help="unix seconds, ISO 8601, or an age: 90s, 30m, 2h, 7d")
+    rejected.add_argument("--until", help="as --since")
+    rejected.add_argument("--limit", type=int, default=20)
+    rejected.add_argument("--cursor", help="the next page, as printed after the previous one")
+    rejected.add_argument("--json", action="store_true", help="the API's JSON page")
+    show_rejection = rejections_verbs.add_parser(
+        "show", help="one refused request with its field errors, headers and body, as JSON")
+    show_rejection.add_argument("id")
+    show_rejection.add_argument("--config")
+    rejections.set_defaults(func=cmd_rejections)
 
     replay_cmd = verbs.add_parser("replay", help="fresh deliveries for stored events")
     replay_cmd.add_argument("ids", nargs="*", help="event ids (or select with the options)")

@@ -218,6 +218,26 @@ class WorkerConfig(_Model):
     lease_margin_seconds: float = Field(default=60, gt=0)
 
 
+class RejectionSettings(_Model):
+    """`[rejections]`: the log of refused webhook requests, bounded in rows, age and rate."""
+
+    enabled: bool = True
+    retention_days: float = Field(default=7, gt=0)
+    max_rows: int = Field(default=100_000, ge=1, description="oldest deleted first past this")
+    body_max_bytes: int = Field(
+        default=64 * 1024, ge=0,
+        description="of an authenticated request's body kept; the rest is cut, marked truncated")
+    flood_per_minute: int = Field(
+        default=100, ge=1, description="rejections of one source in a minute kept in full")
+    sample_one_in: int = Field(
+        default=10, ge=1, description="past flood_per_minute, keep one rejection in this many")
+    buffer_rows: int = Field(
+        default=1000, ge=1, description="rejections waiting in memory for the next write")
+    buffer_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=0, description="of kept bodies waiting in memory")
+    flush_seconds: float = Field(default=5, gt=0, description="how often waiting rows are written")
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     worker: WorkerConfig = WorkerConfig()
@@ -227,6 +247,7 @@ class Settings(_Model):
     routes: list[RouteSettings] = []
     handlers: dict[str, HandlerSettings] = {}
     retention_days: float = Field(default=30, gt=0)
+    rejections: RejectionSettings = RejectionSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

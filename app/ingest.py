@@ -36,6 +36,7 @@ from app.errors import (
 from app.ids import new_id
 from app.media import is_json_media_type
 from app.intake import Reservation
+from app.rejections import BODY_KEY
 from app.routing import handlers_for
 from app.runtime import Runtime
 from app.tally import UNKNOWN_SOURCE
@@ -55,6 +56,7 @@ class WebhookEndpoint:
             status, answer = await receive_webhook(scope, receive)
         except Exception as exc:
             _count_rejection(runtime, scope["path_params"]["source"], exc)
+            runtime.rejections.record(scope, exc, runtime.clock.now())
             raise
         finally:
             runtime.metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -117,6 +119,7 @@ async def _accept(
     wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
     if wait > 0:
         raise RateLimited(headers={"Retry-After": _seconds(wait)})
+    scope["state"][BODY_KEY] = body  # a refusal from here on is logged with the body
 
     payload = _parse_json(body)
     try:

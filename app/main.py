@@ -76,6 +76,8 @@ RECEIVER_ROUTES = [
     Route("/api/files/{file_id}", api.get_entity, methods=["GET"]),
     Route("/api/stats", api.get_stats, methods=["GET"]),
     Route("/api/stream", api.live_tail, methods=["GET"]),
+    Route("/api/rejections", api.list_rejections, methods=["GET"]),
+    Route("/api/rejections/{rejection_id}", api.get_rejection, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     Route("/", dashboard.index, methods=["GET"]),
     Mount("/static", app=dashboard.assets(), name="static"),
@@ -136,8 +138,10 @@ async def _start_components(
     maintenance = Maintenance(
         runtime.store, runtime.clock, runtime.worker, settings.retention_days,
         settings.sources, runtime.recorder, runtime.tally if receiver else None,
+        runtime.rejections if receiver else None,
     )
     stack.push_async_callback(maintenance.flush_counts)
+    stack.push_async_callback(maintenance.flush_rejections)
     if worker is not None or receiver:
         ticks = start_scheduler(
             maintenance, worker_ticks=worker is not None,

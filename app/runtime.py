@@ -19,6 +19,7 @@ from app.errors import ConfigError
 from app.intake import Intake
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter
+from app.rejections import RejectionLog
 from app.routing import Route, compile_routes
 from app.store import Store
 from app.store.base import Finished
@@ -63,6 +64,7 @@ class Runtime:
     stats: StatsCache = field(init=False)
     secret_headers: frozenset[str] = field(init=False)
     dropped_headers: dict[str, frozenset[str]] = field(init=False)
+    rejections: RejectionLog = field(init=False)
 
     def __post_init__(self) -> None:
         server = self.settings.server
@@ -80,6 +82,8 @@ class Runtime:
             name: dropped_headers(source.auth, self.secret_headers, source.secret_headers)
             for name, source in self.settings.sources.items()
         }
+        self.rejections = RejectionLog(
+            self.settings.rejections, self.settings.sources, self.secret_headers)
         try:
             self.handlers = load_handlers(self.settings.handlers)
         except HandlerLoadError as exc:

@@ -11,6 +11,7 @@ import pytest
 
 from app.ids import new_id
 from app.store import EventFilter, Store, StoreError, store_from_url
+from app.store.rejections import NewRejection, RejectionFilter
 from schemas.records import NewEvent, Saved
 
 T0 = 1_790_000_000.0
@@ -570,3 +571,77 @@ async def test_event_status_follows_its_deliveries_in_random_histories(store: St
                 record = await store.get_event(event_id)
                 assert record is not None
                 assert (seed, record.status) == (seed, status)
+
+
+def rejection(n: int, source: str = "s", code: str = "unauthorized", at: float | None = None,
+              **fields: object) -> NewRejection:
+    fields = {"known": True, "status": 401 if code == "unauthorized" else 422, **fields}
+    return NewRejection(
+        id=new_id("rej", T0 + n), received_at=T0 + n if at is None else at, source=source,
+        code=code, message=code.replace("_", " "), **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_rejections_are_written_listed_and_read_back(store: Store) -> None:
+    details = [{"loc": ["data", "file_id"], "msg": "Field required"}]
+    await store.add_rejections([
+        rejection(1),
+        rejection(2, code="schema_invalid", details=details, remote="10.0.0.7",
+                  headers={"content-type": "application/json"}, body=b'{"data": {}}\xff',
+                  body_bytes=70_000, truncated=True, dropped_before=4),
+        rejection(3, source="nope" * 3, known=False, code="unknown_source"),
+    ])
+    await store.add_rejections([])
+    page = await store.list_rejections(RejectionFilter(), 10)
+    assert [r.code for r in page.items] == ["unknown_source", "schema_invalid", "unauthorized"]
+    assert page.next_cursor is None
+    listed = page.items[1]
+    # A page carries no details, headers or bodies.
+    assert (listed.details, listed.headers, listed.body) == (None, None, None)
+    assert (listed.body_bytes, listed.truncated, listed.dropped_before) == (70_000, True, 4)
+    assert page.items[0].known is False and page.items[0].source == "nopenopenope"
+
+    one = await store.get_rejection(listed.id)
+    assert one is not None
+    assert one.details == details
+    assert one.headers == {"content-type": "application/json"}
+    assert one.body == '{"data": {}}\ufffd' and one.remote == "10.0.0.7"
+    assert one.status == 422 and one.truncated is True
+    assert await store.get_rejection("rej_missing") is None
+
+
+async def test_rejection_filters_and_cursor(store: Store) -> None:
+    # Two rows share a time: the cursor tells them apart by position.
+    await store.add_rejections([
+        rejection(1, source="a"), rejection(2, source="b", code="invalid_json"),
+        rejection(3, source="a", code="invalid_json"), rejection(4, source="a", at=T0 + 3),
+        rejection(5, source="a", at=T0 + 3),
+    ])
+    seen, cursor = [], None
+    while True:
+        page = await store.list_rejections(RejectionFilter(source="a"), 2, cursor)
+        seen += [r.id for r in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    everything = (await store.list_rejections(RejectionFilter(), 10)).items
+    assert seen == [r.id for r in everything if r.source == "a"]
+    assert len(seen) == 4 and len(set(seen)) == 4
+    assert [r.received_at for r in everything] == sorted(
+        (r.received_at for r in everything), reverse=True)
+    invalid = await store.list_rejections(RejectionFilter(code="invalid_json"), 10)
+    assert {(r.source, r.code) for r in invalid.items} == {("b", "invalid_json"),
+                                                           ("a", "invalid_json")}
+    window = await store.list_rejections(RejectionFilter(since=T0 + 2, until=T0 + 3), 10)
+    assert [r.source for r in window.items] == ["b"]
+    with pytest.raises(ValueError):
+        await store.list_rejections(RejectionFilter(), 10, "bm9wZQ")
+
+
+async def test_rejections_prune_by_age_then_by_row_cap(store: Store) -> None:
+    await store.add_rejections([rejection(n) for n in range(10)])
+    assert await store.prune_rejections(T0 + 3, keep=100) == 3
+    assert await store.prune_rejections(T0, keep=4) == 3
+    left = (await store.list_rejections(RejectionFilter(), 10)).items
+    assert [r.received_at for r in left] == [T0 + 9, T0 + 8, T0 + 7, T0 + 6]
+    assert await store.prune_rejections(T0, keep=4) == 0

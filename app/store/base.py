@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.store.rejections import NewRejection, RejectionFilter, RejectionPage, RejectionRecord
 from app.store.urls import sqlite_path
 from schemas.records import DeliveryPage, EventPage, EventRecord, NewEvent, Saved
 
@@ -346,6 +347,27 @@ class Store(abc.ABC):
     ) -> list[LatestEvent]:
         """For every job (or file) seen since `since`, its newest event if that is older than
         `until`."""
+
+    # The rejections log (app.rejections): refused webhook requests.
+
+    @abc.abstractmethod
+    async def add_rejections(self, rows: Sequence[NewRejection]) -> None:
+        """Write recorded rejections, in one transaction."""
+
+    @abc.abstractmethod
+    async def list_rejections(
+        self, filters: RejectionFilter, limit: int, cursor: str | None = None
+    ) -> RejectionPage:
+        """Newest first (by time), keyset-paginated; without details, headers or bodies.
+        ValueError for a cursor this store did not hand out."""
+
+    @abc.abstractmethod
+    async def get_rejection(self, rejection_id: str) -> RejectionRecord | None:
+        """One rejection with its details, headers and body."""
+
+    @abc.abstractmethod
+    async def prune_rejections(self, before: float, keep: int) -> int:
+        """Delete rejections received before `before`, then all but the newest `keep`."""
 
 
 def encode_cursor(seq: int) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import asyncpg
 
 from app.ids import new_id
+from app.store import rejections
 from app.store.base import (
     Q_SCAN_ROWS,
     Claim,
@@ -37,6 +38,7 @@ from app.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from app.store.rejections import NewRejection, RejectionFilter, RejectionPage, RejectionRecord
 from schemas.records import (
     AttemptRecord,
     DeliveryPage,
@@ -776,6 +778,42 @@ class PostgresStore(Store):
                 for r in rows]
 
 
+    # The rejections log.
+
+    async def add_rejections(self, rows: Sequence[NewRejection]) -> None:
+        if not rows:
+            return
+        async with self._tx() as conn:
+            await conn.executemany(_numbered_sql(rejections.INSERT), [
+                rejections.insert_values(row, row.details, row.headers) for row in rows])
+
+    async def list_rejections(
+        self, filters: RejectionFilter, limit: int, cursor: str | None = None
+    ) -> RejectionPage:
+        sql, params = rejections.list_query(filters, limit, cursor)
+        async with self._conn() as conn:
+            rows = await conn.fetch(_numbered_sql(sql), *params)
+        return rejections.page(rows, limit)
+
+    async def get_rejection(self, rejection_id: str) -> RejectionRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(_numbered_sql(rejections.GET), rejection_id)
+        if row is None:
+            return None
+        return rejections.record(row, row["details"], row["headers"])
+
+    async def prune_rejections(self, before: float, keep: int) -> int:
+        async with self._tx() as conn:
+            status = await conn.execute(_numbered_sql(rejections.PRUNE_OLD), before)
+            pruned = int(status.split()[-1])
+            first = await conn.fetchrow(_numbered_sql(rejections.FIRST_OVER_CAP), keep)
+            if first is not None:
+                at, seq = first
+                status = await conn.execute(_numbered_sql(rejections.PRUNE_FROM), at, at, seq)
+                pruned += int(status.split()[-1])
+        return pruned
+
+
 async def _horizons(conn: asyncpg.Connection) -> tuple[int, int]:
     """The positions below which events and outcomes are final (see _HORIZONS)."""
     row = await conn.fetchrow(_HORIZONS)
@@ -829,6 +867,12 @@ def _event_clauses(filters: EventFilter) -> list[tuple[str, Any]]:
 
 def _and(where: Sequence[str]) -> str:
     return " WHERE " + " AND ".join(where) if where else ""
+
+
+def _numbered_sql(sql: str) -> str:
+    """A statement written with `?` placeholders, numbered as PostgreSQL wants them."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
 
 
 def _numbered(clauses: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
