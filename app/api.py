@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import replay, stream, tracking
+from app import dead_letters, replay, stream, tracking
 from app.config import ApiToken
 from app.errors import (
     BadRequest,
@@ -25,7 +25,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.runtime import Runtime
-from app.store import EventFilter
+from app.store import DeadFilter, EventFilter
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -269,3 +269,44 @@ async def get_entity(request: Request) -> Response:
     if answer is None:
         raise NotFound(f"no events of that {kind}")
     return JSONResponse(answer)
+
+
+def dead_filter(body: Mapping[str, Any]) -> DeadFilter:
+    """The filter of a bulk retry; `status`, if given, can only be `dead`."""
+    status = _str_or_none(body, "status")
+    if status not in (None, "dead"):
+        raise BadRequest("status must be dead: only dead deliveries are retried")
+    return DeadFilter(
+        handler=_str_or_none(body, "handler"), source=_str_or_none(body, "source"),
+        type=_str_or_none(body, "type"), since=_number(body, "since"),
+        until=_number(body, "until"),
+    )
+
+
+async def retry_delivery(request: Request) -> Response:
+    """The same dead delivery back to `pending`, due now; 409 unless it is dead."""
+    require_scope(request, "admin")
+    runtime: Runtime = request.app.state.runtime
+    await _json_object(request)
+    delivery_id = request.path_params["delivery_id"]
+    await dead_letters.retry_one(runtime.store, delivery_id, runtime.clock.now())
+    runtime.wake_worker()
+    return JSONResponse({"id": delivery_id, "status": "pending"}, 202)
+
+
+async def retry_deliveries(request: Request) -> Response:
+    """Every open dead letter a filter selects back to `pending`; `dry_run` only counts."""
+    require_scope(request, "admin")
+    runtime: Runtime = request.app.state.runtime
+    body = await _json_object(request)
+    filters = dead_filter(body)
+    dry_run = bool(body.get("dry_run"))
+    report = await dead_letters.retry_many(
+        runtime.store, filters, runtime.clock.now(), dry_run
+    )
+    if not dry_run and report.deliveries:
+        runtime.wake_worker()
+    return JSONResponse(
+        {"dry_run": dry_run, "deliveries": report.deliveries, "ids": report.ids},
+        status_code=200 if dry_run else 202,
+    )

@@ -1,4 +1,4 @@
-"""The `hookline` command: serve, check-config, migrate, events, send, schemas.
+"""The `hookline` command: serve, check-config, migrate, events, replay, retry, send, schemas.
 
 Each verb is a small function over the same settings, store interface and pure helpers the
 server uses; none reaches into private tables or re-implements a rule of the server.
@@ -284,6 +284,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return asyncio.run(_replay(_settings(args.config), args))
 
 
+async def _retry(settings: Settings, args: argparse.Namespace) -> int:
+    from app import dead_letters
+    from app.errors import HooklineError
+    from app.store import DeadFilter
+
+    now = time.time()
+    store = store_from_url(settings.storage.url)
+    await store.open()
+    console = _console()
+    try:
+        if args.ids:
+            for delivery_id in args.ids:
+                await dead_letters.retry_one(store, delivery_id, time.time(), args.dry_run)
+            verb = "would retry" if args.dry_run else "retried"
+            console.print(f"{verb} {len(args.ids)} deliveries")
+            return 0
+        filters = DeadFilter(
+            handler=args.handler, source=args.source, type=args.type,
+            since=parse_when(args.since, now) if args.since else None,
+            until=parse_when(args.until, now) if args.until else None,
+        )
+        report = await dead_letters.retry_many(store, filters, now, args.dry_run)
+        verb = "would retry" if args.dry_run else "retried"
+        console.print(f"{verb} {report.deliveries} dead deliveries")
+        return 0
+    except HooklineError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    finally:
+        await store.close()
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if not args.ids and args.status != "dead":
+        print("name delivery ids, or select dead deliveries with --status dead", file=sys.stderr)
+        return 2
+    return asyncio.run(_retry(_settings(args.config), args))
+
+
 async def _prune(url: str, before: float) -> int:
     store = store_from_url(url)
     await store.open()
@@ -427,6 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--plan", action="store_true",
                             help="show which handlers would run, run nothing")
     replay_cmd.set_defaults(func=cmd_replay)
+
+    retry_cmd = verbs.add_parser(
+        "retry", help="run dead deliveries again: the same delivery, its history kept")
+    retry_cmd.add_argument("ids", nargs="*", help="delivery ids (or select with the options)")
+    retry_cmd.add_argument("--config")
+    retry_cmd.add_argument("--status", choices=["dead"], help="select the open dead letters")
+    retry_cmd.add_argument("--handler")
+    retry_cmd.add_argument("--source")
+    retry_cmd.add_argument("--type", help="glob over the event's canonical type")
+    retry_cmd.add_argument("--since", help="event received since: unix time, ISO 8601, or 2h")
+    retry_cmd.add_argument("--until")
+    retry_cmd.add_argument("--dry-run", action="store_true", help="only count")
+    retry_cmd.set_defaults(func=cmd_retry)
 
     for noun in ("jobs", "files"):
         entity = verbs.add_parser(noun, help=f"lifecycle of one {noun[:-1]}")

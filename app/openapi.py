@@ -42,6 +42,9 @@ _PAGE = [
 ]
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _REPLAY_FIELDS: dict[str, Any] = {"handler": _STRING, "dry_run": {"type": "boolean"}}
+_RETRY_ANSWER = {"type": "object", "properties": {
+    "dry_run": {"type": "boolean"}, "deliveries": {"type": "integer"},
+    "ids": {"type": "array", "items": _STRING, "description": "the first 500"}}}
 _REPLAY_BODY = {"type": "object", "properties": _REPLAY_FIELDS, "additionalProperties": True}
 
 
@@ -108,6 +111,19 @@ def _paths() -> dict[str, Any]:
              _query("handler", _STRING), _query("type", _STRING), _query("since", _TIME),
              *_PAGE],
             _answer(_ref(DeliveryPage), 400))},
+        "/api/deliveries/retry": {"post": _operation(
+            "The open dead letters a filter selects back to pending, each once (admin)", [],
+            _answer(_RETRY_ANSWER, 400, 403, status="202", dry_run=True), {
+                "type": "object", "additionalProperties": True, "properties": {
+                    "status": {"enum": ["dead"]}, "handler": _STRING, "source": _STRING,
+                    "type": _STRING, "since": _TIME, "until": _TIME,
+                    "dry_run": {"type": "boolean"}}})},
+        "/api/deliveries/{delivery_id}/retry": {"post": _operation(
+            "The same dead delivery back to pending, its attempts kept (admin)",
+            [_path("delivery_id")], _answer({"type": "object", "properties": {
+                "id": _STRING, "status": {"const": "pending"}}}, 400, 403, 404, 409,
+                status="202"),
+            {"type": "object"})},
         "/api/jobs/{job_id}": {"get": _operation(
             "The lifecycle of one job", [_path("job_id")], _answer({"type": "object"}, 404))},
         "/api/files/{file_id}": {"get": _operation(

@@ -1,8 +1,9 @@
 """Replay: fresh deliveries for stored events, one at a time or in bulk, or only a plan of them.
 
 A replay routes the event through the *current* routes (so a fixed route takes effect), or to
-one named handler. A bulk replay selects either events (by source, type glob, time) or dead
-deliveries (`status="dead"`: each dead delivery gets a fresh one for its own handler).
+one named handler. A bulk replay selects either events (by source, type glob, time) or the
+events of open dead letters (`status="dead"`: each such event once, with a fresh delivery for
+each handler whose delivery of it is dead and not yet superseded; see `app.dead_letters`).
 `plan_*` answers the same question without writing anything: which handlers would run.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from app.dead_letters import each_dead
 from app.routing import Route, handlers_for
-from app.store import EventFilter, Store
+from app.store import DeadFilter, EventFilter, Store
 
 PAGE = 500
 
@@ -58,16 +60,9 @@ async def plan_many(
 ) -> AsyncIterator[Planned]:
     """Every (event, handlers) a bulk replay would create, page by page."""
     if selection.status == "dead":
-        cursor = None
-        while True:
-            page = await store.list_deliveries(
-                "dead", selection.handler, PAGE, cursor, selection.type, selection.since
-            )
-            for delivery in page.items:
-                yield Planned(delivery.event_id, delivery.event_type or "", (delivery.handler,))
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        for planned in await _dead_events(store, selection):
+            yield planned
+        return
     filters = EventFilter(
         source=selection.source, type=selection.type, status=selection.status,
         since=selection.since, until=selection.until,
@@ -80,6 +75,22 @@ async def plan_many(
         if events.next_cursor is None:
             return
         cursor = events.next_cursor
+
+
+async def _dead_events(store: Store, selection: ReplayFilter) -> list[Planned]:
+    """One plan per event with open dead letters, its dead handlers in order, gathered before
+    anything is replayed (an event's dead deliveries may lie far apart)."""
+    filters = DeadFilter(
+        handler=selection.handler, source=selection.source, type=selection.type,
+        since=selection.since, until=selection.until,
+    )
+    found: dict[str, tuple[str, list[str]]] = {}
+    async for letter in each_dead(store, filters):
+        _, handlers = found.setdefault(letter.event_id, (letter.event_type, []))
+        if letter.handler not in handlers:
+            handlers.append(letter.handler)
+    return [Planned(event_id, event_type, tuple(handlers))
+            for event_id, (event_type, handlers) in found.items()]
 
 
 async def apply(store: Store, planned: Planned, now: float) -> list[str]:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from app.ids import new_id
-from app.store import EventFilter, Store, StoreError, store_from_url
+from app.store import DeadFilter, DeadLetter, EventFilter, Store, StoreError, store_from_url
 from schemas.records import NewEvent, Saved
 
 T0 = 1_790_000_000.0
@@ -472,3 +472,74 @@ async def test_stats_rows_and_gauges(store: Store) -> None:
     assert rows.dead == 1
     gauges = await store.gauges()
     assert (gauges.pending, gauges.running, gauges.dead) == (0, 0, 1)
+
+
+async def _kill_all(store: Store, at: float) -> list[str]:
+    """Claim every due delivery and let each attempt fail for good; their ids."""
+    from app.store.base import Finished
+
+    claims = await store.claim_due("w", at, 30, 100)
+    await store.finish([Finished(c.delivery_id, "w", c.attempt, at + 1, "permanent", "dead",
+                                 error="no") for c in claims])
+    return [c.delivery_id for c in claims]
+
+
+async def test_retry_puts_the_same_dead_delivery_back_with_its_history(store: Store) -> None:
+    [saved] = await store.save_events([event(1, handlers=("h",))])
+    [dead_id] = await _kill_all(store, T0 + 5)
+    [letter] = await store.dead_letters(DeadFilter(), 0, 10)
+    assert (letter.id, letter.event_id, letter.handler, letter.event_type) == (
+        dead_id, saved.id, "h", "a.job.done")
+
+    assert await store.retry_dead([dead_id, "dlv_unknown"], T0 + 50) == [dead_id]
+    assert await store.retry_dead([dead_id], T0 + 51) == []  # pending now: not retried twice
+    delivery = await store.get_delivery(dead_id)
+    assert delivery is not None and delivery.event_type == "a.job.done"
+    assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("pending", 1, T0 + 50)
+    assert [a.outcome for a in delivery.attempt_log] == ["permanent"]
+    assert (await store.get_event(saved.id)).status == "pending"  # type: ignore[union-attr]
+    assert await store.dead_letters(DeadFilter(), 0, 10) == []
+    assert (await store.gauges()).dead == 0
+
+    # Claimed again it counts on from its attempts, and dying again it is one dead letter.
+    [claim] = await store.claim_due("w", T0 + 50, 30, 10)
+    assert (claim.delivery_id, claim.attempt) == (dead_id, 2)
+    from app.store.base import Finished
+
+    await store.finish([Finished(dead_id, "w", 2, T0 + 52, "permanent", "dead", error="again")])
+    assert [d.id for d in await store.dead_letters(DeadFilter(), 0, 10)] == [dead_id]
+    again = await store.get_delivery(dead_id)
+    assert again is not None and [a.number for a in again.attempt_log] == [1, 2]
+    assert await store.get_delivery("dlv_unknown") is None
+
+
+async def test_dead_letters_are_open_ones_filtered_and_paged_once_each(store: Store) -> None:
+    a, b, c = await store.save_events([
+        event(1, source="s", type_="a.job.failed", handlers=("h1", "h2")),
+        event(2, source="s", type_="a.file.failed", handlers=("h1",)),
+        event(3, source="t", type_="a.job.failed", handlers=("h1",)),
+    ])
+    await _kill_all(store, T0 + 10)
+    every = await store.dead_letters(DeadFilter(), 0, 10)
+    assert len(every) == 4 and [x.seq for x in every] == sorted(x.seq for x in every)
+
+    # A replay of event a for h1 supersedes that dead letter (even before it runs).
+    await store.add_deliveries(a.id, ["h1"], T0 + 20)
+    open_ = {(x.event_id, x.handler) for x in await store.dead_letters(DeadFilter(), 0, 10)}
+    assert open_ == {(a.id, "h2"), (b.id, "h1"), (c.id, "h1")}
+
+    def pairs(letters: list[DeadLetter]) -> set[tuple[str, str]]:
+        return {(x.event_id, x.handler) for x in letters}
+
+    assert pairs(await store.dead_letters(DeadFilter(handler="h1"), 0, 10)) == {
+        (b.id, "h1"), (c.id, "h1")}
+    assert pairs(await store.dead_letters(DeadFilter(source="t"), 0, 10)) == {(c.id, "h1")}
+    assert pairs(await store.dead_letters(DeadFilter(type="a.job.*"), 0, 10)) == {
+        (a.id, "h2"), (c.id, "h1")}
+    assert pairs(await store.dead_letters(DeadFilter(since=T0 + 2, until=T0 + 3), 0, 10)) == {
+        (b.id, "h1")}
+
+    first = await store.dead_letters(DeadFilter(), 0, 2)
+    rest = await store.dead_letters(DeadFilter(), first[-1].seq, 2)
+    assert len(first) == 2 and len(rest) == 1
+    assert pairs(first) | pairs(rest) == open_

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.store.urls import sqlite_path
-from schemas.records import DeliveryPage, EventPage, EventRecord, NewEvent, Saved
+from schemas.records import (
+    DeliveryPage,
+    DeliveryRecord,
+    EventPage,
+    EventRecord,
+    NewEvent,
+    Saved,
+)
 
 
 class StoreError(Exception):
@@ -40,6 +47,31 @@ class EventFilter:
 # How many rows one page of a `q` search reads at most: a search never turns into a scan of the
 # whole log. A page that reached the bound without filling up still has a next cursor.
 Q_SCAN_ROWS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadFilter:
+    """Which dead deliveries a bulk retry or a replay of dead letters selects; `type` is a glob,
+    `since`/`until` bound the event's arrival, as in every other filter."""
+
+    handler: str | None = None
+    source: str | None = None
+    type: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One open dead letter: a dead delivery that no later delivery of the same event and
+    handler (a replay) superseded. A retried delivery that died again is the same row, so it
+    is still one dead letter."""
+
+    seq: int
+    id: str
+    event_id: str
+    event_type: str
+    handler: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +315,23 @@ class Store(abc.ABC):
         since: float | None = None,
     ) -> DeliveryPage:
         """Deliveries newest first, keyset-paginated."""
+
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        """One delivery with its event's type and its attempts."""
+
+    @abc.abstractmethod
+    async def dead_letters(
+        self, filters: DeadFilter, after: int, limit: int
+    ) -> list[DeadLetter]:
+        """Open dead letters past position `after`, oldest first: dead deliveries with no later
+        delivery of the same event and handler. Paging on from the last one's `seq` selects
+        each once, even while the ones already selected are retried and die again."""
+
+    @abc.abstractmethod
+    async def retry_dead(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        """Put the named deliveries that are dead back to `pending`, due at `now`, their
+        attempts kept and counted on; the ids that were dead (and now are pending)."""
 
     @abc.abstractmethod
     async def prune(self, before: float) -> int:

@@ -22,6 +22,8 @@ from app.ids import new_id
 from app.store.base import (
     Q_SCAN_ROWS,
     Claim,
+    DeadFilter,
+    DeadLetter,
     EventFilter,
     Finished,
     Gauges,
@@ -169,6 +171,17 @@ UPDATE events SET status = CASE
                                  AND s.seq > d.seq)) THEN 'failed'
     ELSE 'delivered' END
 WHERE id IN (SELECT event_id FROM deliveries WHERE id = ANY($1::text[]))
+"""
+
+# Open dead letters in position order (deliveries_status serves `status = 'dead' AND seq > $1`;
+# deliveries_event serves the check for a later delivery of the same event and handler).
+_DEAD_LETTERS = """
+SELECT d.seq, d.id, d.event_id, e.type, d.handler FROM deliveries d
+JOIN events e ON e.id = d.event_id
+WHERE d.status = 'dead' AND {where}
+AND NOT EXISTS (SELECT 1 FROM deliveries later WHERE later.event_id = d.event_id
+                AND later.handler = d.handler AND later.seq > d.seq)
+ORDER BY d.seq LIMIT {limit}
 """
 
 
@@ -544,6 +557,53 @@ class PostgresStore(Store):
         items = [_delivery_record(r) for r in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return DeliveryPage(items=items, next_cursor=next_cursor)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT d.*, e.type AS event_type FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id WHERE d.id = $1", delivery_id)
+            if row is None:
+                return None
+            attempts = await conn.fetch(
+                "SELECT number, started_at, ended_at, outcome, error, http_status "
+                "FROM attempts WHERE delivery_id = $1 ORDER BY number", delivery_id)
+        delivery = _delivery_record(row)
+        delivery.attempt_log = [AttemptRecord(**dict(a)) for a in attempts]
+        return delivery
+
+    async def dead_letters(
+        self, filters: DeadFilter, after: int, limit: int
+    ) -> list[DeadLetter]:
+        clauses: list[tuple[str, Any]] = [
+            ("d.seq > ?", after),
+            ("d.handler = ?", filters.handler),
+            ("e.source = ?", filters.source),
+            ("e.type LIKE ?", _glob_to_like(filters.type) if filters.type else None),
+            ("e.received_at >= ?", filters.since),
+            ("e.received_at < ?", filters.until),
+        ]
+        where, params = _numbered([(sql, v) for sql, v in clauses if v is not None])
+        params.append(limit)
+        sql = _DEAD_LETTERS.format(where=" AND ".join(where), limit=f"${len(params)}")
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *params)
+        return [DeadLetter(*row) for row in rows]
+
+    async def retry_dead(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        if not delivery_ids:
+            return []
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 "
+                "WHERE status = 'dead' AND id = ANY($2::text[]) RETURNING id",
+                now, list(delivery_ids))
+            retried = [row["id"] for row in rows]
+            await conn.execute(_REFRESH_STATUS, retried)
+            if retried:  # workers elsewhere wake as for new deliveries
+                await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        return retried
 
     async def prune(self, before: float) -> int:
         async with self._tx() as conn:

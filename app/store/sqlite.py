@@ -23,6 +23,8 @@ from app.ids import new_id
 from app.store.base import (
     Q_SCAN_ROWS,
     Claim,
+    DeadFilter,
+    DeadLetter,
     EventFilter,
     Finished,
     Gauges,
@@ -585,6 +587,55 @@ class SQLiteStore(Store):
         next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return DeliveryPage(items=items, next_cursor=next_cursor)
 
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        rows = await self._read(
+            "SELECT d.*, e.type AS event_type FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE d.id = ?", [delivery_id])
+        if not rows:
+            return None
+        delivery = _delivery_record(rows[0])
+        attempts = await self._read(
+            "SELECT number, started_at, ended_at, outcome, error, http_status "
+            "FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
+        delivery.attempt_log = [AttemptRecord(**dict(row)) for row in attempts]
+        return delivery
+
+    async def dead_letters(
+        self, filters: DeadFilter, after: int, limit: int
+    ) -> list[DeadLetter]:
+        clauses: list[tuple[str, Any]] = [
+            ("d.handler = ?", filters.handler),
+            ("e.source = ?", filters.source),
+            ("e.type GLOB ?", filters.type),
+            ("e.received_at >= ?", filters.since),
+            ("e.received_at < ?", filters.until),
+        ]
+        used = [(sql, value) for sql, value in clauses if value is not None]
+        rows = await self._read(
+            _DEAD_LETTERS.format(where="".join(f" AND {sql}" for sql, _ in used)),
+            [after, *(value for _, value in used), limit],
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def retry_dead(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        if not delivery_ids:
+            return []
+        marks = ",".join("?" * len(delivery_ids))
+
+        async def steps(conn: aiosqlite.Connection) -> list[str]:
+            rows = await conn.execute_fetchall(
+                f"UPDATE deliveries SET status = 'pending', next_attempt_at = ?, "
+                f"lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                f"WHERE status = 'dead' AND id IN ({marks}) RETURNING id",
+                (now, now, *delivery_ids),
+            )
+            retried = [row[0] for row in rows]
+            await _refresh_event_status(conn, retried)
+            return retried
+
+        retried: list[str] = await self._write(steps)
+        return retried
+
     async def prune(self, before: float) -> int:
         async def steps(conn: aiosqlite.Connection) -> int:
             cursor = await conn.execute("DELETE FROM events WHERE received_at < ?", (before,))
@@ -758,6 +809,17 @@ def _due(
     params: list[Any] = [v for h, n in wanted for v in (h, now, n, h, now, n)]
     return f"SELECT id FROM ({union}) ORDER BY due LIMIT ?", [*params, limit]
 
+
+# Open dead letters in position order (deliveries_status serves `status = 'dead' AND seq > ?`;
+# deliveries_event serves the check for a later delivery of the same event and handler).
+_DEAD_LETTERS = """
+SELECT d.seq, d.id, d.event_id, e.type, d.handler FROM deliveries d
+JOIN events e ON e.id = d.event_id
+WHERE d.status = 'dead' AND d.seq > ?{where}
+AND NOT EXISTS (SELECT 1 FROM deliveries later WHERE later.event_id = d.event_id
+                AND later.handler = d.handler AND later.seq > d.seq)
+ORDER BY d.seq LIMIT ?
+"""
 
 _EVENT_COLUMNS_E = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
 
