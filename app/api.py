@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import dead_letters, replay, stream, tracking
+from app import dead_letters, health, replay, stream, tracking
 from app.config import ApiToken
 from app.errors import (
     BadRequest,
@@ -32,6 +32,7 @@ DEFAULT_LIMIT = 50
 MAX_Q = 200
 DEFAULT_WINDOW = 3600
 MAX_WINDOW = 7 * 86_400
+MAX_HEALTH_WINDOW = 86_400
 
 
 def require_scope(request: Request, scope: str) -> ApiToken | None:
@@ -143,10 +144,44 @@ async def get_stats(request: Request) -> Response:
     hour."""
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
+    return JSONResponse(await runtime.stats.get(_window(request)))
+
+
+def _window(request: Request, maximum: int = MAX_WINDOW) -> int:
     window = _whole(request.query_params.get("window", str(DEFAULT_WINDOW)))
-    if window is None or not 60 <= window <= MAX_WINDOW:
-        raise BadRequest(f"window must be a whole number of seconds from 60 to {MAX_WINDOW}")
-    return JSONResponse(await runtime.stats.get(window))
+    if window is None or not 60 <= window <= maximum:
+        raise BadRequest(f"window must be a whole number of seconds from 60 to {maximum}")
+    return window
+
+
+async def get_handlers(request: Request) -> Response:
+    """Per configured handler: backlog, attempts over `window` seconds (success rate, p50/p99
+    time), breaker state and the routes that reach it."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    # Attempt times are read one attempt at a time: a day at most, not a week.
+    window = _window(request, MAX_HEALTH_WINDOW)
+    now = runtime.clock.now()
+    rows = await runtime.store.handler_rows(now - window, now)
+    settings = runtime.settings
+    breakers = health.breakers_of(runtime.handlers, runtime.clock.monotonic())
+    return JSONResponse({"handlers": health.shape_handlers(
+        rows, settings.handlers, settings.routes, breakers, window, now)})
+
+
+async def get_sources(request: Request) -> Response:
+    """Per configured source: platform, auth scheme (no secrets), requests accepted, duplicate
+    and rejected over `window` seconds, the last event's time and the routes it can take."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    window = _window(request)
+    now = runtime.clock.now()
+    sources = runtime.settings.sources
+    rows = await runtime.store.source_rows(list(sources), now - window, now)
+    first_minute = int((now - window) // 60)
+    extra = [c for c in runtime.tally.pending() if c.minute >= first_minute]
+    return JSONResponse({"sources": health.shape_sources(
+        rows, sources, extra, runtime.settings.routes, window)})
 
 
 async def live_tail(request: Request) -> Response:

@@ -133,6 +133,18 @@ def _paths() -> dict[str, Any]:
             [_query("window", {"type": "integer", "minimum": 60, "maximum": 604800,
                                "default": 3600})],
             _answer({"type": "object"}, 400))},
+        "/api/handlers": {"get": _operation(
+            "Per handler: deliveries pending, running and dead, the oldest pending, attempts "
+            "over the window (success rate, p50/p99 seconds), breaker state, routes",
+            [_query("window", {"type": "integer", "minimum": 60, "maximum": 86400,
+                               "default": 3600})],
+            _answer({"type": "object", "properties": {"handlers": {"type": "array"}}}, 400))},
+        "/api/sources": {"get": _operation(
+            "Per source: platform, auth scheme (no secrets), requests accepted, duplicate and "
+            "rejected over the window, the last event's time, routes",
+            [_query("window", {"type": "integer", "minimum": 60, "maximum": 604800,
+                               "default": 3600})],
+            _answer({"type": "object", "properties": {"sources": {"type": "array"}}}, 400))},
         "/api/stream": {"get": _operation(
             "Live tail: server-sent events `event` and `delivery`; resume with Last-Event-ID",
             [*_EVENT_FILTERS, {"name": "last-event-id", "in": "header", "required": False,

@@ -543,3 +543,44 @@ async def test_dead_letters_are_open_ones_filtered_and_paged_once_each(store: St
     rest = await store.dead_letters(DeadFilter(), first[-1].seq, 2)
     assert len(first) == 2 and len(rest) == 1
     assert pairs(first) | pairs(rest) == open_
+
+
+async def test_handler_rows_backlog_and_attempt_times(store: Store) -> None:
+    from app.store.base import Finished
+
+    await store.save_events([event(1, handlers=("h", "g")), event(2, handlers=("h",)),
+                             event(3, handlers=("h",))])
+    claims = {(c.handler, c.event.payload["n"]): c for c in await store.claim_due("w", T0 + 5, 30, 2)}
+    finished = [Finished(c.delivery_id, "w", 1, T0 + 5 + 0.25 * (i + 1), outcome, status,
+                         error=None if outcome == "succeeded" else "no")
+                for i, (c, (outcome, status)) in enumerate(zip(
+                    claims.values(), [("succeeded", "succeeded"), ("permanent", "dead")],
+                    strict=True))]
+    await store.finish(finished)
+    rows = await store.handler_rows(T0, T0 + 60)
+    by_key = {(h, s): (n, oldest) for h, s, n, oldest in rows.backlog}
+    waiting = {(h, s): n for (h, s), (n, _) in by_key.items()}
+    assert sum(n for (h, s), n in waiting.items() if s == "pending") == 2
+    assert sum(n for (h, s), n in waiting.items() if s == "dead") == 1
+    assert "succeeded" not in {s for _, s in waiting}
+    oldest = {h: o for (h, s), (_, o) in by_key.items() if s == "pending"}
+    assert all(T0 + 1 <= o <= T0 + 3 for o in oldest.values())
+    assert sorted((o, ms, n) for _, o, ms, n in rows.attempts) == [
+        ("permanent", 500, 1), ("succeeded", 250, 1)]
+    assert (await store.handler_rows(T0 + 100, T0 + 200)).attempts == []
+
+
+async def test_source_rows_counts_and_last_event(store: Store) -> None:
+    from app.store.base import IngestCount
+
+    await store.save_events([event(1, source="a"), event(2, source="a"), event(3, source="b")])
+    minute = int((T0 + 2) // 60)
+    await store.add_ingest_counts([IngestCount(minute, "a", "rejected", "unauthorized", 4),
+                                   IngestCount(minute, "a", "duplicate", "", 1)])
+    rows = await store.source_rows(["a", "b", "c"], T0, T0 + 60)
+    assert rows.accepted == {"a": 2, "b": 1}
+    assert sorted((c.source, c.outcome, c.count) for c in rows.counts) == [
+        ("a", "duplicate", 1), ("a", "rejected", 4)]
+    assert rows.last_received == {"a": T0 + 2, "b": T0 + 3}
+    later = await store.source_rows(["a"], T0 + 3600, T0 + 7200)
+    assert later.accepted == {} and later.counts == [] and later.last_received == {"a": T0 + 2}

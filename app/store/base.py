@@ -130,6 +130,29 @@ class StatsRows:
         )
 
 
+@dataclass(slots=True)
+class HandlerRows:
+    """The raw aggregates behind `/api/handlers`, shaped by `app.health`."""
+
+    backlog: list[tuple[str, str, int, float]]
+    """(handler, status, count, oldest created_at) of pending, running and dead deliveries."""
+    attempts: list[tuple[str, str, int, int]]
+    """(handler, outcome, duration in whole milliseconds, count) of attempts ended in the
+    window: a histogram exact to the millisecond, whatever the number of attempts."""
+
+
+@dataclass(slots=True)
+class SourceRows:
+    """The raw aggregates behind `/api/sources`, shaped by `app.health`."""
+
+    accepted: dict[str, int]
+    """Events stored per source in the window."""
+    counts: list[IngestCount]
+    """Duplicates and rejections per minute of the window."""
+    last_received: dict[str, float]
+    """When each source's newest event arrived (sources with none are absent)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Gauges:
     pending: int
@@ -266,6 +289,15 @@ class Store(abc.ABC):
     async def stats(self, since: float, until: float, minutes_from: int) -> StatsRows:
         """Aggregates over events received and attempts ended in [since, until], the end
         included; the per-minute figures start at minute `minutes_from` (unix seconds // 60)."""
+
+    @abc.abstractmethod
+    async def handler_rows(self, since: float, until: float) -> HandlerRows:
+        """Every handler's backlog now, and its attempts that ended in [since, until]."""
+
+    @abc.abstractmethod
+    async def source_rows(self, sources: Sequence[str], since: float, until: float) -> SourceRows:
+        """Per source: events stored and requests refused in [since, until], and when the
+        newest event of each of `sources` arrived."""
 
     @abc.abstractmethod
     async def gauges(self) -> Gauges:

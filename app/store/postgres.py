@@ -27,10 +27,12 @@ from app.store.base import (
     EventFilter,
     Finished,
     Gauges,
+    HandlerRows,
     IngestCount,
     LatestEvent,
     Outcome,
     PollClaim,
+    SourceRows,
     StatsRows,
     Store,
     StoreError,
@@ -444,6 +446,37 @@ class PostgresStore(Store):
                 "AND outcome NOT IN ('succeeded', 'running') GROUP BY 1", from_, until)
         gauges = await self.gauges()
         return StatsRows.from_rows(events, accepted, counts, attempts, failed, gauges.dead)
+
+    async def handler_rows(self, since: float, until: float) -> HandlerRows:
+        async with self._conn() as conn:
+            backlog = await conn.fetch(
+                "SELECT handler, status, count(*), min(created_at) FROM deliveries "
+                "WHERE status IN ('pending', 'running', 'dead') GROUP BY handler, status")
+            attempts = await conn.fetch(
+                "SELECT d.handler, a.outcome, "
+                "round((a.ended_at - a.started_at) * 1000)::bigint AS ms, count(*) "
+                "FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
+                "WHERE a.ended_at >= $1 AND a.ended_at <= $2 GROUP BY 1, 2, 3", since, until)
+        return HandlerRows([(r[0], r[1], r[2], r[3]) for r in backlog],
+                           [(r[0], r[1], r[2], r[3]) for r in attempts])
+
+    async def source_rows(self, sources: Sequence[str], since: float, until: float) -> SourceRows:
+        async with self._conn() as conn:
+            accepted = await conn.fetch(
+                "SELECT source, count(*) FROM events WHERE received_at >= $1 "
+                "AND received_at <= $2 GROUP BY source", since, until)
+            counts = await conn.fetch(
+                "SELECT minute, source, outcome, reason, count FROM ingest_counts "
+                "WHERE minute >= $1 AND minute <= $2", int(since // 60), int(until // 60))
+            # One probe of events_source per source. Written as a range ordered by (source,
+            # seq), which only that index yields: with `source = ...` the planner walks the
+            # primary key backwards instead, through the whole log for a quiet source.
+            last = await conn.fetch(
+                "SELECT s.name, (SELECT received_at FROM events WHERE source >= s.name "
+                "AND source <= s.name ORDER BY source DESC, seq DESC LIMIT 1) "
+                "FROM unnest($1::text[]) AS s(name)", list(sources))
+        return SourceRows({r[0]: r[1] for r in accepted}, [IngestCount(*r) for r in counts],
+                          {r[0]: r[1] for r in last if r[1] is not None})
 
     async def gauges(self) -> Gauges:
         async with self._conn() as conn:

@@ -28,10 +28,12 @@ from app.store.base import (
     EventFilter,
     Finished,
     Gauges,
+    HandlerRows,
     IngestCount,
     LatestEvent,
     Outcome,
     PollClaim,
+    SourceRows,
     StatsRows,
     Store,
     StoreError,
@@ -404,6 +406,26 @@ class SQLiteStore(Store):
             "GROUP BY 1", (from_, until))
         gauges = await self.gauges()
         return StatsRows.from_rows(events, accepted, counts, attempts, failed, gauges.dead)
+
+    async def handler_rows(self, since: float, until: float) -> HandlerRows:
+        backlog = await self._read(_BACKLOG, [])
+        attempts = await self._read(_ATTEMPT_TIMES, [since, until])
+        return HandlerRows([(r[0], r[1], r[2], r[3]) for r in backlog],
+                           [(r[0], r[1], r[2], r[3]) for r in attempts])
+
+    async def source_rows(self, sources: Sequence[str], since: float, until: float) -> SourceRows:
+        accepted = await self._read(
+            "SELECT source, count(*) FROM events WHERE received_at >= ? AND received_at <= ? "
+            "GROUP BY source", [since, until])
+        counts = await self._read(
+            "SELECT minute, source, outcome, reason, count FROM ingest_counts "
+            "WHERE minute >= ? AND minute <= ?", [int(since // 60), int(until // 60)])
+        last: dict[str, float] = {}
+        for source in sources:
+            rows = await self._read(_LAST_OF_SOURCE, [source])
+            if rows:
+                last[source] = rows[0][0]
+        return SourceRows({r[0]: r[1] for r in accepted}, [IngestCount(*r) for r in counts], last)
 
     async def gauges(self) -> Gauges:
         rows = await self._read(
@@ -810,13 +832,31 @@ def _due(
     return f"SELECT id FROM ({union}) ORDER BY due LIMIT ?", [*params, limit]
 
 
+# Health: each handler's backlog from deliveries_backlog (status, handler, created_at) alone;
+# attempt times from attempts_ended (the window) with each attempt's delivery by its key; the
+# newest event of a source from events_source (source, seq), one row read.
+_BACKLOG = """
+SELECT handler, status, count(*), min(created_at) FROM deliveries
+WHERE status IN ('pending', 'running', 'dead') GROUP BY handler, status
+"""
+_ATTEMPT_TIMES = """
+SELECT d.handler, a.outcome, CAST(round((a.ended_at - a.started_at) * 1000) AS INTEGER) AS ms,
+       count(*)
+FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+WHERE a.ended_at >= ? AND a.ended_at <= ? GROUP BY 1, 2, 3
+"""
+_LAST_OF_SOURCE = "SELECT received_at FROM events WHERE source = ? ORDER BY seq DESC LIMIT 1"
+
 # Open dead letters in position order (deliveries_status serves `status = 'dead' AND seq > ?`;
-# deliveries_event serves the check for a later delivery of the same event and handler).
+# deliveries_event serves the check for a later delivery of the same event and handler: named,
+# because the planner otherwise takes deliveries_handler and reads the handler's whole history
+# past each dead letter, minutes on a million deliveries).
 _DEAD_LETTERS = """
 SELECT d.seq, d.id, d.event_id, e.type, d.handler FROM deliveries d
 JOIN events e ON e.id = d.event_id
 WHERE d.status = 'dead' AND d.seq > ?{where}
-AND NOT EXISTS (SELECT 1 FROM deliveries later WHERE later.event_id = d.event_id
+AND NOT EXISTS (SELECT 1 FROM deliveries later INDEXED BY deliveries_event
+                WHERE later.event_id = d.event_id
                 AND later.handler = d.handler AND later.seq > d.seq)
 ORDER BY d.seq LIMIT ?
 """
