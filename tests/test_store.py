@@ -584,3 +584,31 @@ async def test_source_rows_counts_and_last_event(store: Store) -> None:
     assert rows.last_received == {"a": T0 + 2, "b": T0 + 3}
     later = await store.source_rows(["a"], T0 + 3600, T0 + 7200)
     assert later.accepted == {} and later.counts == [] and later.last_received == {"a": T0 + 2}
+
+
+async def test_alerts_add_up_per_subject_and_are_taken_once_per_quiet_period(
+    store: Store,
+) -> None:
+    from app.store.base import AlertNote
+
+    def note(subject: str, count: int, at: float, n: int = 0) -> AlertNote:
+        return AlertNote(subject, "hookline.delivery.dead", count, at, {"n": n})
+
+    await store.note_alerts([note("dead:ops", 600, T0, 1), note("dead:ops", 400, T0 + 2, 2),
+                             note("dead:mail", 1, T0 + 1)])
+    due = {d.subject: d for d in await store.take_alerts(T0 + 5, 300)}
+    assert {s: (d.count, d.first_at, d.last_at, d.data) for s, d in due.items()} == {
+        "dead:ops": (1000, T0, T0 + 2, {"n": 2}), "dead:mail": (1, T0 + 1, T0 + 1, {"n": 0})}
+    assert await store.take_alerts(T0 + 6, 300) == []  # taken: nothing twice
+
+    await store.note_alerts([note("dead:ops", 3, T0 + 10)])
+    assert await store.take_alerts(T0 + 100, 300) == []  # quiet: counted, not taken
+    await store.note_alerts([note("dead:ops", 2, T0 + 200)])
+    [later] = await store.take_alerts(T0 + 305, 300)
+    assert (later.subject, later.count, later.first_at, later.last_at) == (
+        "dead:ops", 5, T0 + 10, T0 + 200)
+
+    assert await store.alert_cursor("dead") is None
+    await store.set_alert_cursor("dead", 7)
+    await store.set_alert_cursor("dead", 9)
+    assert await store.alert_cursor("dead") == 9

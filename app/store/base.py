@@ -154,6 +154,29 @@ class SourceRows:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertNote:
+    """`count` occurrences of an alert's subject at `at`; `data` describes the latest."""
+
+    subject: str
+    type: str
+    count: int
+    at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDue:
+    """A subject's occurrences since its last alert, taken to be reported as one."""
+
+    subject: str
+    type: str
+    count: int
+    first_at: float
+    last_at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Gauges:
     pending: int
     running: int
@@ -369,6 +392,23 @@ class Store(abc.ABC):
     async def prune(self, before: float) -> int:
         """Delete events received before `before`, with their deliveries and attempts."""
 
+
+    # Alerts hookline raises about itself.
+
+    @abc.abstractmethod
+    async def note_alerts(self, notes: Sequence[AlertNote]) -> None:
+        """Add occurrences to their subjects' counts (the latest `data` kept)."""
+
+    @abc.abstractmethod
+    async def take_alerts(self, now: float, quiet_seconds: float) -> list[AlertDue]:
+        """The subjects with occurrences whose last alert is at least `quiet_seconds` old (or
+        that never had one): their counts reset and their alert marked sent at `now`."""
+
+    @abc.abstractmethod
+    async def alert_cursor(self, name: str) -> int | None: ...
+
+    @abc.abstractmethod
+    async def set_alert_cursor(self, name: str, position: int) -> None: ...
 
     # Upstream bookkeeping.
 

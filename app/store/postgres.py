@@ -21,6 +21,8 @@ import asyncpg
 from app.ids import new_id
 from app.store.base import (
     Q_SCAN_ROWS,
+    AlertDue,
+    AlertNote,
     Claim,
     DeadFilter,
     DeadLetter,
@@ -642,6 +644,45 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             status = await conn.execute("DELETE FROM events WHERE received_at < $1", before)
         return int(status.split()[-1])
+
+    # Alerts.
+
+    async def note_alerts(self, notes: Sequence[AlertNote]) -> None:
+        if not notes:
+            return
+        async with self._tx() as conn:
+            await conn.executemany(
+                "INSERT INTO alerts (subject, type, pending, first_at, last_at, data) "
+                "VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (subject) DO UPDATE SET "
+                "pending = alerts.pending + excluded.pending, first_at = CASE "
+                "WHEN alerts.pending = 0 THEN excluded.first_at ELSE alerts.first_at END, "
+                "last_at = excluded.last_at, data = excluded.data, type = excluded.type",
+                [(n.subject, n.type, n.count, n.at, json.dumps(n.data)) for n in notes])
+
+    async def take_alerts(self, now: float, quiet_seconds: float) -> list[AlertDue]:
+        async with self._conn() as conn:
+            # The rows are locked by the update, so two processes never take the same count.
+            rows = await conn.fetch(
+                "WITH due AS (SELECT subject, type, pending, first_at, last_at, data "
+                "FROM alerts WHERE pending > 0 AND (sent_at IS NULL OR sent_at <= $2) "
+                "FOR UPDATE) UPDATE alerts a SET pending = 0, first_at = NULL, sent_at = $1 "
+                "FROM due WHERE a.subject = due.subject RETURNING due.subject, due.type, "
+                "due.pending, due.first_at, due.last_at, due.data",
+                now, now - quiet_seconds)
+        rows = sorted(rows, key=lambda r: r["first_at"])
+        return [AlertDue(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    async def alert_cursor(self, name: str) -> int | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "SELECT position FROM alert_cursors WHERE name = $1", name)
+        return None if value is None else int(value)
+
+    async def set_alert_cursor(self, name: str, position: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO alert_cursors (name, position) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position", name, position)
 
     # Upstream bookkeeping.
 

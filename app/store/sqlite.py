@@ -22,6 +22,8 @@ import aiosqlite
 from app.ids import new_id
 from app.store.base import (
     Q_SCAN_ROWS,
+    AlertDue,
+    AlertNote,
     Claim,
     DeadFilter,
     DeadLetter,
@@ -666,6 +668,44 @@ class SQLiteStore(Store):
         pruned: int = await self._write(steps)
         return pruned
 
+    # Alerts.
+
+    async def note_alerts(self, notes: Sequence[AlertNote]) -> None:
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                _NOTE_ALERT, [(n.subject, n.type, n.count, n.at, n.at, json.dumps(n.data))
+                              for n in notes])
+
+        if notes:
+            await self._write(steps)
+
+    async def take_alerts(self, now: float, quiet_seconds: float) -> list[AlertDue]:
+        async def steps(conn: aiosqlite.Connection) -> list[AlertDue]:
+            rows = await conn.execute_fetchall(
+                "SELECT subject, type, pending, first_at, last_at, data FROM alerts "
+                "WHERE pending > 0 AND (sent_at IS NULL OR sent_at <= ?) ORDER BY first_at",
+                (now - quiet_seconds,))
+            due = [AlertDue(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+            await conn.executemany(
+                "UPDATE alerts SET pending = 0, first_at = NULL, sent_at = ? WHERE subject = ?",
+                [(now, d.subject) for d in due])
+            return due
+
+        taken: list[AlertDue] = await self._write(steps)
+        return taken
+
+    async def alert_cursor(self, name: str) -> int | None:
+        rows = await self._read("SELECT position FROM alert_cursors WHERE name = ?", [name])
+        return int(rows[0][0]) if rows else None
+
+    async def set_alert_cursor(self, name: str, position: int) -> None:
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO alert_cursors (name, position) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, position))
+
+        await self._write(steps)
+
     # Upstream bookkeeping.
 
     async def take_budget(self, key: str, limit: int, now: float) -> int | None:
@@ -846,6 +886,14 @@ FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
 WHERE a.ended_at >= ? AND a.ended_at <= ? GROUP BY 1, 2, 3
 """
 _LAST_OF_SOURCE = "SELECT received_at FROM events WHERE source = ? ORDER BY seq DESC LIMIT 1"
+
+# A subject's first pending occurrence opens its span; later ones extend it.
+_NOTE_ALERT = """
+INSERT INTO alerts (subject, type, pending, first_at, last_at, data) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (subject) DO UPDATE SET pending = alerts.pending + excluded.pending,
+    first_at = CASE WHEN alerts.pending = 0 THEN excluded.first_at ELSE alerts.first_at END,
+    last_at = excluded.last_at, data = excluded.data, type = excluded.type
+"""
 
 # Open dead letters in position order (deliveries_status serves `status = 'dead' AND seq > ?`;
 # deliveries_event serves the check for a later delivery of the same event and handler: named,
