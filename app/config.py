@@ -178,6 +178,24 @@ class WorkerConfig(_Model):
     lease_margin_seconds: float = Field(default=60, gt=0)
 
 
+class AlertSettings(_Model):
+    """`[alerts]`: events hookline raises about itself (source `hookline`)."""
+
+    enabled: bool = True
+    quiet_seconds: float = Field(default=300, gt=0, description="one alert per subject per")
+    check_seconds: float = Field(default=15, gt=0, description="how often the checks run")
+    stalled_seconds: float = Field(
+        default=120, gt=0, description="a due delivery unclaimed this long: worker.stalled")
+    auth_failing_below: float = Field(
+        default=0.5, gt=0, le=1, description="authenticated share of a source's requests")
+    auth_failing_window_seconds: int = Field(default=300, ge=60)
+    auth_failing_min_requests: int = Field(default=20, ge=1)
+
+
+RESERVED_SOURCE = "hookline"
+"""The source of the events hookline raises itself; no configured source may take the name."""
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     worker: WorkerConfig = WorkerConfig()
@@ -187,12 +205,15 @@ class Settings(_Model):
     routes: list[RouteSettings] = []
     handlers: dict[str, HandlerSettings] = {}
     retention_days: float = Field(default=30, gt=0)
+    alerts: AlertSettings = AlertSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         for name, source in self.sources.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"source name {name!r} may hold only letters, digits, _ and -")
+            if name.lower() == RESERVED_SOURCE:
+                raise ValueError(f"source name {name!r} is reserved for hookline's own events")
             if source.auth.scheme == "none" and not self.server.on_loopback:
                 raise ValueError(
                     f"source {name!r} uses auth scheme 'none', allowed only on a loopback host"
@@ -200,7 +221,7 @@ class Settings(_Model):
         for index, route in enumerate(self.routes):
             if route.handler not in self.handlers:
                 raise ValueError(f"routes[{index}] names handler {route.handler!r}, not defined")
-            if route.source is not None and route.source not in self.sources:
+            if route.source not in (None, RESERVED_SOURCE, *self.sources):
                 raise ValueError(f"routes[{index}] names source {route.source!r}, not defined")
         return self
 

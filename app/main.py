@@ -32,6 +32,7 @@ from app.http_errors import EXCEPTION_HANDLERS, error_for
 from app.logs import AccessLogMiddleware
 from app.metrics import metrics_endpoint
 from app.runtime import Role, Runtime, default_http
+from app.alerts import Alerts
 from app.scheduler import Maintenance, start_scheduler
 from app.startup import open_store
 from app.store import Store, StoreError, store_from_url
@@ -136,15 +137,20 @@ async def _start_components(
         stack.push_async_callback(worker.stop)
         await runtime.store.listen(runtime.wake_worker)
     receiver = role != "worker"
+    alerts = None
+    if worker is not None and settings.alerts.enabled:
+        alerts = Alerts(settings.alerts, runtime.store, runtime.clock, runtime.recorder,
+                        runtime.handlers, settings.sources)
     maintenance = Maintenance(
         runtime.store, runtime.clock, runtime.worker, settings.retention_days,
-        settings.sources, runtime.recorder, runtime.tally if receiver else None,
+        settings.sources, runtime.recorder, runtime.tally if receiver else None, alerts,
     )
     stack.push_async_callback(maintenance.flush_counts)
     if worker is not None or receiver:
         ticks = start_scheduler(
             maintenance, worker_ticks=worker is not None,
             sweep_seconds=runtime.worker_settings.sweep_seconds,  # type: ignore[union-attr]
+            alert_seconds=settings.alerts.check_seconds,
         )
         stack.callback(ticks.shutdown, wait=False)
 
