@@ -6,9 +6,10 @@ configured and the server on loopback the API is open (the start-up log says so)
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -35,6 +36,23 @@ MAX_WINDOW = 7 * 86_400
 MAX_HEALTH_WINDOW = 86_400
 
 
+def _digest(text: str) -> bytes:
+    # surrogatepass: a header or an environment variable with stray bytes still hashes.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def matching_token(tokens: Sequence[ApiToken], presented: str) -> ApiToken | None:
+    """The configured token equal to `presented`, or None. Fixed-size SHA-256 digests are
+    compared, never the tokens themselves, so timing tells neither a token's content nor its
+    length; every token is compared, so it tells nothing of which one matched either."""
+    offered = _digest(presented)
+    found = None
+    for token in tokens:
+        if hmac.compare_digest(_digest(token.token.get_secret_value()), offered):
+            found = token
+    return found
+
+
 def require_scope(request: Request, scope: str) -> ApiToken | None:
     """The caller's token; 401 without a known bearer token, 403 when its scopes lack `scope`.
     None when the API is open (no tokens configured, server on loopback)."""
@@ -46,10 +64,7 @@ def require_scope(request: Request, scope: str) -> ApiToken | None:
     kind, _, presented = header.partition(" ")
     if kind.lower() != "bearer" or not presented:
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
-    found = None
-    for token in tokens:  # every token is compared, so timing tells nothing of which matched
-        if hmac.compare_digest(token.token.get_secret_value().encode(), presented.encode()):
-            found = token
+    found = matching_token(tokens, presented)
     if found is None:
         raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
     if scope not in found.scopes and "admin" not in found.scopes:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -221,21 +222,43 @@ def sign(
     return {}, {TOKEN_PARAM: secret}
 
 
+# Query keys that carry credentials, recognised by the words their name is made of, so
+# `access_token`, `apiKey`, `X-Amz-Signature`, `client_secret` or `sig` are all caught while
+# `keyword` or `page` stay readable. A word containing one of _CREDENTIAL_STEMS counts too
+# (`accesstoken`, `clientsecret`, `passwd`).
+_CREDENTIAL_WORDS = frozenset({
+    "token", "key", "apikey", "secret", "signature", "sig", "password", "passwd", "pwd", "pass",
+    "auth", "authorization", "code", "credential", "credentials", "session", "sessionid", "sid",
+    "jwt", "otp", "hmac", "bearer",
+})
+_CREDENTIAL_STEMS = ("token", "secret", "passw", "signature", "credential", "apikey")
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+def is_credential_key(name: str) -> bool:
+    """Whether a query parameter of this (decoded) name may carry a credential."""
+    words = _WORD_SPLIT.split(_CAMEL.sub(r"\1_\2", name).lower())
+    return any(word in _CREDENTIAL_WORDS or any(stem in word for stem in _CREDENTIAL_STEMS)
+               for word in words if word)
+
+
 def _redact_pair(pair: str) -> str:
     name, equals, _ = pair.partition("=")
     # Decode the name as the query parser does, so `%74oken=` or `TOKEN=` cannot slip through.
-    if equals and unquote_plus(name).lower() == TOKEN_PARAM:
+    if equals and is_credential_key(unquote_plus(name)):
         return f"{name}={REDACTED}"
     return pair
 
 
 def redact_query(query_string: str) -> str:
-    """The query string with the value of any `token` parameter replaced by REDACTED."""
+    """The query string with the value of every credential-like parameter (`token`,
+    `access_token`, `api_key`, `signature`, `password`, `code`...) replaced by REDACTED."""
     return "&".join(_redact_pair(pair) for pair in query_string.split("&"))
 
 
 def redact_url(url: str) -> str:
-    """The URL with any `token` query parameter redacted, everything else untouched."""
+    """The URL with every credential-like query parameter redacted, everything else untouched."""
     # Split by hand rather than with urlsplit, which raises on some malformed hosts.
     head, hash_sign, fragment = url.partition("#")
     base, question_mark, query = head.partition("?")

@@ -19,7 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings, demo_settings, load_settings, new_standard_secret
+from app.config import (
+    Settings,
+    demo_settings,
+    load_settings,
+    new_standard_secret,
+    with_overrides,
+)
 from app.errors import ConfigError
 from app.store import EventFilter, StoreError, store_from_url
 
@@ -46,11 +52,45 @@ def _demo_secret() -> str:
 
 
 def _console() -> Any:
-    """A rich console; wide when writing to a pipe, so ids are never wrapped."""
+    """A rich console that reads nothing in what it prints as markup, emoji codes or things to
+    highlight; wide when writing to a pipe, so ids are never wrapped."""
     from rich.console import Console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = Console(markup=False, emoji=False, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(width=200, markup=False, emoji=False, highlight=False)
+
+
+# Event data is the senders' text: a type or id may carry terminal escapes (colours, OSC 8
+# hyperlinks, cursor moves), 8-bit C1 controls or bidi overrides that reorder what is shown.
+# They are printed escaped, as visible text, never passed to the terminal.
+_UNPRINTABLE = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F),
+                 *range(0x2066, 0x206A))
+}
+
+
+def plain(value: object) -> str:
+    """`value` as text safe to show on a terminal: control and bidi characters escaped."""
+    return str(value).translate(_UNPRINTABLE)
+
+
+def cell(value: object) -> Any:
+    """A table cell or line that rich shows literally (never as markup)."""
+    from rich.text import Text
+
+    return Text(plain(value))
+
+
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings `serve` runs with: the file's (or the demo's) with --host/--port applied and
+    the whole re-validated, so a flag cannot skip a check the file has to pass."""
+    settings = _settings(args.config)
+    flags = {key: value for key, value in (("host", args.host), ("port", args.port))
+             if value is not None}
+    return with_overrides(settings, {"server": flags}) if flags else settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -60,13 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
     from app.serving import Protocol, Server
 
-    settings = _settings(args.config)
+    settings = serve_settings(args)
     server = settings.server
-    if args.host or args.port is not None:
-        server = server.model_copy(
-            update={"host": args.host or server.host, "port": server.port if args.port is None else args.port}
-        )
-        settings = settings.model_copy(update={"server": server})
     configure_logging(args.log_format or server.log_format)
     if args.config is None:
         # The one secret ever written to the log: the demo's, so a first run can sign with it.
@@ -108,7 +143,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         load_handlers(load_settings(args.file).handlers)
     except (ConfigError, HandlerLoadError) as exc:
         for problem in exc.problems:
-            print(problem)
+            print(plain(problem))
         return 1
     print("ok")
     return 0
@@ -134,6 +169,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import httpx
 
     from app import auth
+    from handlers.headers import transport_error
 
     settings = _settings(args.config)
     source = settings.sources.get(args.source)
@@ -146,11 +182,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     url = args.url or f"http://{settings.server.host}:{settings.server.port}/webhooks/{args.source}"
     try:
         response = httpx.post(url, content=body, headers=headers, params=query, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"could not reach {auth.redact_url(url)}: {exc}", file=sys.stderr)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        # The type only: httpx's message may quote a header, and a header may be the token.
+        print(f"could not reach {plain(auth.redact_url(url))}: {transport_error(exc)}",
+              file=sys.stderr)
         return 1
     print(response.status_code)
-    print(response.text)
+    print(plain(response.text))
     return 0 if response.is_success else 1
 
 
@@ -177,13 +215,13 @@ async def _list_events(settings: Settings, args: argparse.Namespace) -> None:
         table.add_column(column, no_wrap=column in ("received", "id"))
     for item in page.items:
         received = datetime.fromtimestamp(item.received_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(
+        table.add_row(*(cell(value) for value in (
             received, item.id, item.source, item.type, item.status,
             item.job_id or "", item.file_id or "",
-        )
+        )))
     _console().print(table)
     if page.next_cursor:
-        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+        print(f"more: --cursor {plain(page.next_cursor)}", file=sys.stderr)
 
 
 async def _show_event(settings: Settings, event_id: str) -> int:
@@ -194,7 +232,7 @@ async def _show_event(settings: Settings, event_id: str) -> int:
     finally:
         await store.close()
     if record is None:
-        print(f"no event {event_id}", file=sys.stderr)
+        print(f"no event {plain(event_id)}", file=sys.stderr)
         return 1
     print(json.dumps(record.model_dump(mode="json"), indent=2))
     return 0
@@ -229,6 +267,7 @@ def parse_when(text: str, now: float) -> float:
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
+    from rich.text import Text
 
     from app import replay
     from app.routing import compile_routes
@@ -258,7 +297,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             table.add_column("type")
             table.add_column("handlers that would run")
             for p in planned:
-                table.add_row(p.event_id, p.event_type, ", ".join(p.handlers) or "(no route)")
+                table.add_row(cell(p.event_id), cell(p.event_type),
+                              cell(", ".join(p.handlers) or "(no route)"))
             console.print(table)
         if args.dry_run or args.plan:
             console.print(f"would replay {len(planned)} events as {deliveries} deliveries")
@@ -271,7 +311,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
         console.print(f"replayed {len(planned)} events as {deliveries} new deliveries")
         return 0
     except replay.ReplayError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(Text(plain(exc), style="red"))
         return 1
     finally:
         await store.close()
@@ -373,28 +413,32 @@ async def _entity(settings: Settings, kind: str, entity_id: str) -> dict[str, An
 
 def cmd_entity(args: argparse.Namespace) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     kind = "job" if args.verb == "jobs" else "file"
     state = asyncio.run(_entity(_settings(args.config), kind, args.id))
     if state is None:
-        print(f"no events of {kind} {args.id}", file=sys.stderr)
+        print(f"no events of {kind} {plain(args.id)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(state, indent=2))
         return 0
     console = _console()
-    console.print(f"{kind} {args.id}: [bold]{state['state']}[/bold]"
-                  f" (outcome {state['outcome'] or '-'}, upstream retries {state['upstream_retries']},"
-                  f" time to done {state['time_to_done'] if state['time_to_done'] is not None else '-'} s)")
+    done = state["time_to_done"]
+    console.print(Text.assemble(
+        f"{kind} {plain(args.id)}: ", (plain(state["state"]), "bold"),
+        f" (outcome {plain(state['outcome'] or '-')}, upstream retries"
+        f" {plain(state['upstream_retries'])}, time to done {'-' if done is None else done} s)",
+    ))
     table = Table()
     for column in ("at", "event", "type"):
         table.add_column(column, no_wrap=True)
     for step in state["timeline"]:
         at = datetime.fromtimestamp(step["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(at, step["id"], step["type"])
+        table.add_row(cell(at), cell(step["id"]), cell(step["type"]))
     console.print(table)
     for anomaly in state["anomalies"]:
-        console.print(f"[yellow]anomaly:[/yellow] {anomaly}")
+        console.print(Text.assemble(("anomaly:", "yellow"), " ", plain(anomaly)))
     return 0
 
 
@@ -514,10 +558,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print("invalid configuration:", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {plain(problem)}", file=sys.stderr)
         return 1
     except StoreError as exc:
-        print(f"store unavailable: {exc}", file=sys.stderr)
+        print(f"store unavailable: {plain(exc)}", file=sys.stderr)
         return 1
     return code
 

@@ -216,7 +216,8 @@ class Settings(_Model):
                 raise ValueError(f"source name {name!r} is reserved for hookline's own events")
             if source.auth.scheme == "none" and not self.server.on_loopback:
                 raise ValueError(
-                    f"source {name!r} uses auth scheme 'none', allowed only on a loopback host"
+                    f"sources.{name}.auth.scheme: 'none' is allowed only on a loopback host,"
+                    f" and server.host is {self.server.host!r}"
                 )
         for index, route in enumerate(self.routes):
             if route.handler not in self.handlers:
@@ -261,11 +262,27 @@ def demo_settings(secret: str | None = None, base: Settings | None = None) -> Se
         auth=AuthSettings(scheme="standard_webhooks", secrets=[SecretStr(secret)]),
         unknown_events="accept",
     )
-    return (base or Settings()).model_copy(update={
+    return with_overrides(base or Settings(), {
         "sources": {"demo": source},
         "routes": [RouteSettings(match="*", source="demo", handler="log")],
         "handlers": {"log": HandlerSettings(use="log")},
     })
+
+
+def with_overrides(settings: Settings, updates: Mapping[str, Any]) -> Settings:
+    """`settings` with top-level keys replaced and tables merged (`{"server": {"host": ...}}`
+    sets one key of [server]), validated exactly as a config file is: a command-line value can
+    no more open an unsigned source to the network than the file can. ConfigError otherwise."""
+    data = settings.model_dump()
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
 
 
 def new_standard_secret() -> str:
@@ -361,6 +378,9 @@ def _resolve_env(
     return out
 
 
+_LOCATED = re.compile(r"[A-Za-z_][\w.\[\]-]*: ")
+
+
 def _describe(error: Any) -> str:
     loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
     where = _join(loc) or "config"
@@ -375,6 +395,8 @@ def _describe(error: Any) -> str:
     if kind == "string_pattern_mismatch" and where.endswith("_path"):
         return f"{where}: must be a dotted path into the payload, such as data.file_id"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc and _LOCATED.match(message):
+        return message  # a check across sections, which names its own key path
     return f"{where}: {message}"
 
 

@@ -113,7 +113,7 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
         file_id=parsed.file_id,
         company_id=parsed.company_id,
         task_ids=parsed.task_ids,
-        handlers=handlers_for(runtime.routes, name, parsed.type, payload),
+        handlers=handlers_for(runtime.routes, name, parsed.type, payload, parsed.model),
     )
     saved = await runtime.intake.submit(event)
     note["event_id"] = saved.id

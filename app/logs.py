@@ -1,8 +1,9 @@
 """Logging set-up and the one-line-per-request access log.
 
 hookline writes its own access log (uvicorn's is turned off) so that every line carries the
-source, canonical type and event id, and so that a `token` query parameter is redacted before
-anything is written. Lines are human-readable by default and JSON with `--log-format json`.
+source, canonical type and event id, and so that every credential-like query parameter
+(`token`, `access_token`, `api_key`, `signature`... see `app.auth.redact_query`) is redacted
+before anything is written. Lines are human-readable by default and JSON with `--log-format json`.
 """
 
 from __future__ import annotations

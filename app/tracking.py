@@ -1,5 +1,7 @@
 """The state of one job or file, as the API and the CLI show it: the pure lifecycle fold over
-its events, checked against its job's story, with the upstream retries counted in the store."""
+its events, checked against its job's story, with the upstream retries counted in the store and
+the status polls still waiting there (a failed story whose retry awaits its outcome is
+`retrying`)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ async def entity_state(
     events = await store.events_of(kind, entity_id)
     if not events:
         return None
-    life = lifecycle.fold(kind, entity_id, lifecycle.steps_from(events))
+    waiting = await store.open_polls(lifecycle.poll_keys(kind, entity_id))
+    life = lifecycle.fold(kind, entity_id, lifecycle.steps_from(events),
+                          lifecycle.retry_under_way(kind, entity_id, waiting))
     if kind == "file":
         for job_id in sorted({e.job_id for e in events if e.job_id}):
             job_events = await store.events_of("job", job_id)
@@ -24,8 +28,10 @@ async def entity_state(
             anomaly = lifecycle.job_failed_before_file_done(life, job)
             if anomaly:
                 life.anomalies.append(anomaly)
-    # Budgets are counted per "<platform>:<kind>:<id>" by the upstream handlers.
-    platforms = {e.type.split(".", 1)[0] for e in events} | {e.source for e in events}
+    # Budgets are counted per "<platform>:<kind>:<id>" by the upstream handlers; a polling
+    # platform's retry is counted before any event of that platform is in the log.
+    platforms = ({e.type.split(".", 1)[0] for e in events} | {e.source for e in events}
+                 | set(lifecycle.POLLED))
     used = await store.budget_used([f"{p}:{kind}:{entity_id}" for p in sorted(platforms)])
     answer = life.as_dict()
     answer["upstream_retries"] = sum(used.values())

@@ -31,6 +31,7 @@ from app.store import Store, StoreError
 from app.store.base import Claim, Finished, PollClaim
 from app.upstream import Recorded, Recorder, StoreUpstream
 from handlers import Context, Permanent, PollOutcome, Retry
+from handlers.headers import transport_error
 from handlers.registry import LoadedHandler
 
 log = logging.getLogger("hookline.worker")
@@ -101,6 +102,10 @@ def classify(exc: BaseException) -> AttemptResult:
             "transient", _trim(f"HTTP {response.status_code} from {exc.request.url.host}"),
             response.status_code, _retry_after(response),
         )
+    if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+        # The type and host only: the message of a failed request may quote a header (a
+        # token), the URL (a Slack webhook path) or the body.
+        return AttemptResult("transient", _trim(transport_error(exc)))
     return AttemptResult("transient", _trim(f"{type(exc).__name__}: {_said(exc)}"))
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
 from handlers import Context, Event, Permanent, Retry
+from handlers.headers import HeaderName, HeaderValue, url_problem
 
 TRANSIENT_4XX = frozenset({408, 425, 429})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -57,7 +58,7 @@ class ForwardOptions(BaseModel):
 
     url: str
     secret: SecretStr | None = None
-    headers: dict[str, str] = {}
+    headers: dict[HeaderName, HeaderValue] = {}
     timeout: float = Field(default=10.0, gt=0)
     allowed_hosts: list[str] | None = None
 
@@ -66,6 +67,9 @@ class ForwardOptions(BaseModel):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("allowed_hosts")

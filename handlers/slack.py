@@ -2,7 +2,8 @@
 
 The template is `str.format` over the event's fields (`id`, `type`, `source`, `job_id`,
 `file_id`, `company_id`) plus the top-level payload keys and a few conveniences (`error`: the
-first error message the platform sent). Unknown fields render as empty, never as a crash.
+latest error the event reports, see handlers/error_text.py). Unknown fields render as empty,
+never as a crash.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from handlers import Context, Event
+from handlers.error_text import error_text
 from handlers.forward import raise_for_outcome
+from handlers.headers import url_problem
 
 
 class SlackOptions(BaseModel):
@@ -23,6 +26,18 @@ class SlackOptions(BaseModel):
     webhook_url: SecretStr
     template: str = "{type} from {source}: job {job_id} file {file_id}"
     timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _sendable_url(cls, value: SecretStr) -> SecretStr:
+        # The URL is the credential: checked here so that no error ever has to quote it.
+        url = value.get_secret_value()
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        problem = url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class _Fields(dict[str, Any]):
@@ -41,12 +56,11 @@ class _Formatter(string.Formatter):
 def template_fields(event: Event) -> dict[str, Any]:
     payload = event.payload if isinstance(event.payload, Mapping) else {}
     inner = payload.get("event") if isinstance(payload.get("event"), Mapping) else {}
-    errors = inner.get("error_messages") or payload.get("error_messages") or []
     fields = _Fields({**payload, **inner})
     fields.update(
         id=event.id, type=event.type, source=event.source, job_id=event.job_id or "",
         file_id=event.file_id or "", company_id=event.company_id or "",
-        error=errors[0] if isinstance(errors, list) and errors else "",
+        error=error_text(payload),
         data=payload.get("data", {}),
     )
     return fields

@@ -17,10 +17,11 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from handlers import Context, Event, HandlerError, Permanent, Retry, Upstream
 from handlers.forward import TRANSIENT_4XX, raise_for_outcome
+from handlers.headers import header_value_problem, transport_error, url_problem
 
 FAILURE_THRESHOLD = 5
 COOLDOWN_SECONDS = 60.0
@@ -42,6 +43,21 @@ class UpstreamOptions(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("*")
+    @classmethod
+    def _sendable(cls, value: Any, info: ValidationInfo) -> Any:
+        # Every text option of an upstream handler but a `*_path` ends up in the platform's
+        # requests (the URL, a token or id in a header): a stray newline fails the config here,
+        # naming the key, instead of failing each call with an error that quotes the value.
+        name = info.field_name or ""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str) or name.endswith("_path"):
+            return value
+        problem = url_problem(text) if name == "base_url" else header_value_problem(text)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class PollingOptions(UpstreamOptions):
@@ -212,7 +228,8 @@ async def send(ctx: Context, base_url: str, call: Call) -> httpx.Response:
         )
     except httpx.TransportError as exc:
         breaker.record_failure(ctx.clock.monotonic())
-        raise NotReached(reason=f"{type(exc).__name__} calling {breaker.name}") from exc
+        # Not chained: the transport's message may quote a header (a token) or the URL.
+        raise NotReached(reason=transport_error(exc)) from None
     except asyncio.CancelledError:  # the worker's timeout: as good as a platform timeout
         breaker.record_failure(ctx.clock.monotonic())
         raise

@@ -320,7 +320,20 @@ def test_secrets_do_not_appear_in_reprs() -> None:
     ("TOKEN=s3cret&Token=again", f"TOKEN={REDACTED}&Token={REDACTED}"),
     ("%74oken=s3cret", f"%74oken={REDACTED}"),
     ("token=a%3Db&token=c", f"token={REDACTED}&token={REDACTED}"),
-    ("tokens=keep&my_token=keep&b=token", "tokens=keep&my_token=keep&b=token"),
+    # Credential-like names are redacted by the words they are made of, not only `token`.
+    ("tokens=s3cret&my_token=s3cret&b=token", f"tokens={REDACTED}&my_token={REDACTED}&b=token"),
+    ("access_token=s3cret&accessToken=s3cret&%61ccess_token=s3cret",
+     f"access_token={REDACTED}&accessToken={REDACTED}&%61ccess_token={REDACTED}"),
+    ("api_key=s3cret&apiKey=s3cret&apikey=s3cret&api-key=s3cret&key=s3cret",
+     f"api_key={REDACTED}&apiKey={REDACTED}&apikey={REDACTED}&api-key={REDACTED}&key={REDACTED}"),
+    ("X-Amz-Signature=s3cret&X-Amz-Credential=s3cret&sig=s3cret&signature=s3cret",
+     f"X-Amz-Signature={REDACTED}&X-Amz-Credential={REDACTED}&sig={REDACTED}"
+     f"&signature={REDACTED}"),
+    ("client_secret=s3cret&password=s3cret&passwd=s3cret&auth=s3cret&code=s3cret",
+     f"client_secret={REDACTED}&password={REDACTED}&passwd={REDACTED}&auth={REDACTED}"
+     f"&code={REDACTED}"),
+    ("page=2&keyword=keep&monkey=keep&author=keep&state=keep",
+     "page=2&keyword=keep&monkey=keep&author=keep&state=keep"),
     ("a=1&&b&c=", "a=1&&b&c="),
     ("", ""),
 ])

@@ -3,6 +3,7 @@ prune."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,57 @@ import pytest
 from app.cli import parse_when
 
 
-def hookline(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def hookline(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=60, check=False,
+        timeout=timeout, check=False, env=env,
     )
+
+
+UNSIGNED = """
+[storage]
+url = "sqlite:///unsigned.db"
+[sources.open]
+platform = "standard"
+auth = { scheme = "none" }
+"""
+
+
+def test_serve_flags_cannot_open_an_unsigned_source_to_the_network(tmp_path: Path) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    # Before the fix this served: the test would then time out rather than pass.
+    run = hookline("serve", "--config", str(config), "--host", "0.0.0.0", "--port", "0",
+                   cwd=tmp_path, timeout=30)
+    assert run.returncode == 1
+    assert run.stderr == (
+        "invalid configuration:\n  sources.open.auth.scheme: 'none' is allowed only on a"
+        " loopback host, and server.host is '0.0.0.0'\n")
+    # The environment override goes through the same check.
+    env = {**os.environ, "HOOKLINE_SERVER__HOST": "0.0.0.0"}
+    run = hookline("serve", "--config", str(config), "--port", "0", cwd=tmp_path, env=env,
+                   timeout=30)
+    assert run.returncode == 1 and "allowed only on a loopback host" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_serve_settings_validates_every_flag(tmp_path: Path) -> None:
+    from app.cli import build_parser, serve_settings
+    from app.errors import ConfigError
+
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    args = build_parser().parse_args(["serve", "--config", str(config), "--host", "0.0.0.0"])
+    with pytest.raises(ConfigError, match="allowed only on a loopback host"):
+        serve_settings(args)
+    args = build_parser().parse_args(["serve", "--config", str(config), "--port", "70000"])
+    with pytest.raises(ConfigError, match="server.port"):
+        serve_settings(args)
+    args = build_parser().parse_args(["serve", "--config", str(config), "--host", "::1",
+                                      "--port", "9003"])
+    server = serve_settings(args).server
+    assert (server.host, server.port) == ("::1", 9003)
 
 
 def test_parse_when() -> None:
@@ -184,3 +231,134 @@ def test_backup_copies_a_sqlite_store_into_a_new_file_and_never_overwrites(tmp_p
     again = hookline("backup", str(copy), "--config", str(config), cwd=tmp_path)
     assert again.returncode == 1
     assert "exists already" in again.stderr and "Traceback" not in again.stderr
+
+
+HOSTILE_TYPES = [
+    "rich.[/bogus]",  # closing tag with no opening one: rich raises MarkupError
+    "file.[bold red][link=https://evil.example/]alarm[/link][/bold red]",
+    "file.\x9b2J\u202egnp.exe",  # 8-bit CSI (clear screen), right-to-left override
+]
+# A type may not hold C0 controls, but a job id is the sender's text as it came.
+HOSTILE_JOB = "j\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\\x1b[2J"
+
+
+def _seed_types(tmp_path: Path, types: list[str]) -> tuple[Path, list[str]]:
+    """A config whose one source accepts any type, routed to `log`, and one event per type."""
+    import asyncio
+
+    import httpx
+
+    from app.config import load_settings
+    from app.main import create_app
+    from app.worker import WorkerSettings
+    from conftest import FakeClock, standard_body, standard_headers
+
+    config = tmp_path / "hookline.toml"
+    config.write_text(f"""
+[storage]
+url = "sqlite:///{tmp_path / 'cli.db'}"
+[sources.partner]
+platform = "standard"
+unknown_events = "accept"
+auth = {{ scheme = "standard_webhooks", secrets = ["whsec_aG9va2xpbmUtdGVzdC1zZWNyZXQtMDEyMzQ1Njc4OQ=="] }}
+[[routes]]
+match = "*"
+handler = "log"
+[handlers.log]
+use = "log"
+""")
+
+    async def seed() -> list[str]:
+        clock = FakeClock()
+        app = create_app(load_settings(config), clock=clock,
+                         worker_settings=WorkerSettings(background=False))
+        ids = []
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+                for n, event_type in enumerate(types):
+                    body = standard_body(event_type, file_id=f"f{n}", job_id=HOSTILE_JOB)
+                    r = await client.post("/webhooks/partner", content=body,
+                                          headers=standard_headers(body, clock.now(), f"m{n}"))
+                    assert r.status_code == 202, r.text
+                    ids.append(r.json()["id"])
+        return ids
+
+    return config, asyncio.run(seed())
+
+
+def _assert_inert(output: str) -> None:
+    assert "\x1b" not in output and "\x9b" not in output and "\u202e" not in output
+    assert "Traceback" not in output and "MarkupError" not in output
+
+
+def test_event_data_is_printed_as_plain_text(tmp_path: Path) -> None:
+    config, ids = _seed_types(tmp_path, HOSTILE_TYPES)
+    env = {**os.environ, "COLUMNS": "400"}
+    listed = hookline("events", "list", "--config", str(config), cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    _assert_inert(listed.stdout + listed.stderr)
+    assert "rich.[/bogus]" in listed.stdout
+    assert "red][link=https://evil.example/]alarm[/link][/bold" in listed.stdout  # not obeyed
+    assert "\\x9b2J\\u202egnp.exe" in listed.stdout
+    assert "j\\x1b]8;;https://evil.example/\\x1b\\click" in listed.stdout
+
+    plan = hookline("replay", *ids, "--plan", "--config", str(config), cwd=tmp_path, env=env)
+    assert plan.returncode == 0, plan.stderr
+    _assert_inert(plan.stdout + plan.stderr)
+    assert "rich.[/bogus]" in plan.stdout and "alarm[/link]" in plan.stdout
+
+    shown = hookline("events", "show", ids[0], "--config", str(config), cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    _assert_inert(shown.stdout)  # JSON escapes every control character
+
+    missing = hookline("replay", "evt_[/x]\x1b[31m", "--config", str(config), cwd=tmp_path,
+                       env=env)
+    assert missing.returncode == 1
+    _assert_inert(missing.stdout + missing.stderr)
+    assert "evt_[/x]\\x1b[31m" in missing.stdout
+
+
+def test_entity_timeline_is_printed_as_plain_text(tmp_path: Path) -> None:
+    config, _ = _seed_types(tmp_path, HOSTILE_TYPES[:1])
+    env = {**os.environ, "COLUMNS": "400"}
+    shown = hookline("files", "show", "f0", "--config", str(config), cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    _assert_inert(shown.stdout + shown.stderr)
+    assert "rich.[/bogus]" in shown.stdout
+
+
+def test_plain_escapes_controls_and_bidi() -> None:
+    from app.cli import plain
+
+    assert plain("a\x1b[31mb\x07\x9b\u202e\u2066c\td") == (
+        "a\\x1b[31mb\\x07\\x9b\\u202e\\u2066c\\x09d")
+    assert plain("ok: é ü 日本 [b]x[/b]") == "ok: é ü 日本 [b]x[/b]"
+
+
+def test_send_reports_a_failed_request_without_its_headers(tmp_path: Path) -> None:
+    secret = "S3CR3T-send-token-5b2e"
+    config = tmp_path / "hookline.toml"
+    config.write_text(f"""
+[sources.fc]
+platform = "filecheck"
+auth = {{ scheme = "header_token", header = "x-hook-token", secrets_env = "FC_TOKEN" }}
+""")
+    sample = tmp_path / "event.json"
+    sample.write_text("{}")
+    import socket
+
+    with socket.socket() as listener:  # accepts, so the request is built and refused locally
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/webhooks/fc?access_token={secret}"
+        # A source secret with a line break inside: the HTTP library refuses the header and
+        # quotes its value in the error.
+        env = {**os.environ, "FC_TOKEN": f"{secret}\nx"}
+        run = hookline("send", "fc", str(sample), "--url", url, "--config", str(config),
+                       cwd=tmp_path, env=env, timeout=30)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr == (f"could not reach http://127.0.0.1:{url.split(':')[2].split('/')[0]}"
+                          "/webhooks/fc?access_token=REDACTED: LocalProtocolError calling"
+                          " 127.0.0.1\n")
+    assert secret not in run.stdout + run.stderr

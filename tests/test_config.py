@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, Settings, load_settings, settings_from_mapping
+from app.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    settings_from_mapping,
+    with_overrides,
+)
 
 EXAMPLE = Path(__file__).parents[1] / "config.example.toml"
 
@@ -77,8 +83,28 @@ def test_scheme_none_refused_off_loopback() -> None:
     raw = {"server": {"host": "0.0.0.0"},
            "sources": {"x": {"platform": "standard", "auth": {"scheme": "none"}}}}
     assert "allowed only on a loopback host" in problems(raw)[0]
+    assert problems(raw)[0].startswith("sources.x.auth.scheme: ")
     loopback = {**raw, "server": {"host": "127.0.0.1"}}
     assert isinstance(settings_from_mapping(loopback, {}), Settings)
+
+
+def test_overrides_are_validated_like_the_file() -> None:
+    raw = {"sources": {"x": {"platform": "standard", "auth": {"scheme": "none"}},
+                       "a": {"platform": "alfred",
+                             "auth": {"scheme": "query_token", "secrets": ["s3cr3t"]}}}}
+    settings = settings_from_mapping(raw, {})
+    with pytest.raises(ConfigError) as info:
+        with_overrides(settings, {"server": {"host": "0.0.0.0"}})
+    assert info.value.problems == [
+        "sources.x.auth.scheme: 'none' is allowed only on a loopback host,"
+        " and server.host is '0.0.0.0'"]
+    with pytest.raises(ConfigError) as info:
+        with_overrides(settings, {"server": {"port": 70000}})
+    assert info.value.problems == ["server.port: Input should be less than or equal to 65535"]
+    moved = with_overrides(settings, {"server": {"host": "::1", "port": 9002}})
+    assert (moved.server.host, moved.server.port) == ("::1", 9002)
+    assert moved.server.log_format == settings.server.log_format  # other [server] keys kept
+    assert moved.sources["a"].auth.secrets[0].get_secret_value() == "s3cr3t"
 
 
 def test_secrets_never_appear_in_reprs() -> None:

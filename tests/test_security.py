@@ -488,11 +488,45 @@ async def test_api_tokens_are_decided_by_compare_digest(
         refusing = install(monkeypatch, False)
         assert (await client.get("/api/whoami", headers=real)).status_code == 401
         assert len(refusing.calls) == len(API_TOKENS["tokens"])
-        assert all(presented == READ_TOKEN.encode() for _, presented in refusing.calls)
+        # Digests are compared, never the tokens: 32 bytes whatever a token's length.
+        read_digest = hashlib.sha256(READ_TOKEN.encode()).digest()
+        assert all(presented == read_digest for _, presented in refusing.calls)
+        assert {hashlib.sha256(t["token"].encode()).digest()
+                for t in API_TOKENS["tokens"]} == {configured for configured, _ in refusing.calls}
         monkeypatch.undo()
         assert (await client.get("/api/whoami", headers=wrong)).status_code == 401
         install(monkeypatch, True)
         assert (await client.get("/api/whoami", headers=wrong)).status_code == 200
+
+
+def test_api_token_match_compares_fixed_size_digests_of_every_token(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api import matching_token
+    from app.config import ApiToken
+
+    tokens = [ApiToken(name=name, token=SecretStr(value)) for name, value in (
+        ("short", "s"), ("long", "S3CR3T-" + "x" * 200), ("mid", READ_TOKEN))]
+    assert matching_token(tokens, READ_TOKEN) is tokens[2]
+    assert matching_token(tokens, "s") is tokens[0]
+    for wrong in ("", "S", READ_TOKEN[:-1], READ_TOKEN + "x", "y" * 5000):
+        assert matching_token(tokens, wrong) is None
+    compares = install(monkeypatch, False)
+    for presented in ("", "s", "x" * 5000):
+        compares.calls.clear()
+        assert matching_token(tokens, presented) is None
+        # Every token, in order, with both sides 32 bytes: no early exit, no length to time.
+        assert len(compares.calls) == len(tokens)
+        assert {(len(a), len(b)) for a, b in compares.calls} == {(32, 32)}
+        assert [a for a, _ in compares.calls] == [
+            hashlib.sha256(t.token.get_secret_value().encode()).digest() for t in tokens]
+    monkeypatch.undo()
+    # The compare reads no token's length: nothing in it could stop early on one.
+    import inspect
+
+    from app import api
+    source = inspect.getsource(api.matching_token) + inspect.getsource(api._digest)
+    assert "len(" not in source and "compare_digest" in source
 
 
 # forward goes only where it is allowed.
@@ -612,3 +646,175 @@ def test_forward_refuses_allowed_host_entries_it_cannot_read(entry: str) -> None
         ForwardOptions.model_validate({"url": "https://receiver.example/h",
                                        "allowed_hosts": [entry]})
 
+
+
+# Credentials in a query string are redacted wherever the URL is logged or stored.
+
+CREDENTIAL_QUERY = (
+    f"token=alfred-token&access_token=S3CR3T-q1&api_key=S3CR3T-q2&apiKey=S3CR3T-q3"
+    f"&X-Amz-Signature=S3CR3T-q4&sig=S3CR3T-q5&client_secret=S3CR3T-q6&password=S3CR3T-q7"
+    f"&code=S3CR3T-q8&auth=S3CR3T-q9&page=2&keyword=kept"
+)
+REDACTED_QUERY = (
+    "token=REDACTED&access_token=REDACTED&api_key=REDACTED&apiKey=REDACTED"
+    "&X-Amz-Signature=REDACTED&sig=REDACTED&client_secret=REDACTED&password=REDACTED"
+    "&code=REDACTED&auth=REDACTED&page=2&keyword=kept"
+)
+
+
+async def test_credential_query_keys_never_reach_the_access_log_or_the_store(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hookline.access")
+    body = sample("alfred/alfred.job.failed.json")
+    accepted = await client.post(f"/webhooks/alfred?{CREDENTIAL_QUERY}", content=body,
+                                 headers={"content-type": "application/json"})
+    assert accepted.status_code == 202, accepted.text
+    listed = await client.get(f"/api/events?{CREDENTIAL_QUERY}")
+    stored = (await client.get(f"/api/events/{accepted.json()['id']}")).json()
+    assert stored["query"] == REDACTED_QUERY
+    access = [record for record in caplog.records if record.name == "hookline.access"]
+    paths = [record.fields["path"] for record in access]  # type: ignore[attr-defined]
+    assert paths[0] == f"/webhooks/alfred?{REDACTED_QUERY}"
+    assert paths[1] == f"/api/events?{REDACTED_QUERY}"
+    assert listed.status_code in (200, 400)
+    assert "S3CR3T" not in caplog.text + " ".join(paths)
+    assert "alfred-token" not in caplog.text + " ".join(paths)
+
+
+# Options that become headers are checked when the config loads; a failed request is recorded
+# by its exception's type and host, never by its message.
+
+NEWLINE_SECRET = "S3CR3T-newline-token-7c1d"
+
+
+def handler_problems(handlers: dict[str, Any], environ: dict[str, str]) -> list[str]:
+    from handlers.registry import HandlerLoadError, load_handlers
+
+    settings = settings_from_mapping({"handlers": handlers}, environ)
+    with pytest.raises(HandlerLoadError) as info:
+        load_handlers(settings.handlers)
+    return info.value.problems
+
+
+def test_options_that_become_headers_are_checked_when_the_config_loads() -> None:
+    secret = NEWLINE_SECRET
+    upstream = {"base_url": "https://platform.example", "organization_id": "org-1",
+                "store_id": "store-1"}
+    handlers = {
+        "out": {"use": "forward", "options": {"url": "https://r.example/h", "headers": {
+            "x-forward-key": f"{secret}\n", "x ok": "v", "x-nul": f"a\x00{secret}",
+            "x-padded": f" {secret}", "x-fine": "a b\tc"}}},
+        "dc": {"use": "dcycle_retry", "options": {
+            "base_url": "https://api.dcycle.example", "token_env": "DC_TOKEN",
+            "organization_id": "org\r\nx-injected: 1", "partner": "p"}},
+        "ai": {"use": "aitronos_retry", "options": {**upstream, "token_env": "AI_TOKEN"}},
+        "fc": {"use": "filecheck_resubmit", "options": {
+            "base_url": "https://api.filecheck.example\n", "token": f"{secret} "}},
+        "al": {"use": "alfred_resubmit", "options": {
+            "base_url": "https://alfred.example", "api_key": f"{secret}\x00"}},
+        "ops": {"use": "slack", "options": {"webhook_url_env": "SLACK_URL"}},
+    }
+    environ = {"DC_TOKEN": f"{secret}\n", "AI_TOKEN": f"\t{secret}",
+               "SLACK_URL": f"https://hooks.slack.example/services/{secret}\n"}
+    found = handler_problems(handlers, environ)
+    keys = sorted(problem.split(":", 1)[0] for problem in found)
+    assert keys == sorted([
+        "handlers.out.options.headers.x-forward-key",
+        "handlers.out.options.headers.x ok.[key]",
+        "handlers.out.options.headers.x-nul",
+        "handlers.out.options.headers.x-padded",
+        "handlers.dc.options.token",
+        "handlers.dc.options.organization_id",
+        "handlers.ai.options.token",
+        "handlers.fc.options.base_url",
+        "handlers.fc.options.token",
+        "handlers.al.options.api_key",
+        "handlers.ops.options.webhook_url",
+    ]), found
+    assert all(secret not in problem and "\n" not in problem for problem in found), found
+    assert any("no line breaks" in problem for problem in found)
+    assert any("leading or trailing whitespace" in problem for problem in found)
+
+
+def test_check_config_reports_a_token_with_a_newline_by_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SEC_DCYCLE_TOKEN", f"{NEWLINE_SECRET}\n")
+    config = tmp_path / "hookline.toml"
+    config.write_text('[handlers.dcycle]\nuse = "dcycle_retry"\noptions = { token_env = '
+                      '"SEC_DCYCLE_TOKEN", organization_id = "org-1" }\n')
+    assert cli.main(["check-config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("handlers.dcycle.options.token: "), out
+    assert NEWLINE_SECRET not in out + err
+
+
+class SendsKeyHeader:
+    """A plugin that sends its `key` option as a header without checking it, as a third-party
+    handler may: the HTTP library refuses the request with an error that quotes the value."""
+
+    name = "sends_key"
+
+    async def handle(self, event: Any, ctx: Context) -> None:
+        response = await ctx.http.post(ctx.options["url"], content=b"{}",
+                                       headers={"x-key": ctx.options["key"]})
+        response.raise_for_status()
+
+
+async def test_a_transport_failure_records_no_request_secret(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with Sink() as sink:
+        config = base_config(tmp_path / "leak.db")
+        config["routes"] = [{"match": "*", "handler": "plugin"}]
+        config["handlers"] = {"plugin": {"use": "test_security:SendsKeyHeader", "options": {
+            "url": sink.url, "key_env": "PLUGIN_KEY"}}}
+        settings = settings_from_mapping(config, {"PLUGIN_KEY": f"{NEWLINE_SECRET}\n"})
+        application = create_app(settings, clock=clock,
+                                 worker_settings=WorkerSettings(background=False))
+        async with application.router.lifespan_context(application):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+                body = standard_body()
+                posted = await client.post("/webhooks/partner", content=body,
+                                           headers=standard_headers(body, clock.now(), "m1"))
+                assert posted.status_code == 202
+                await application.state.runtime.worker.run_once()
+                event = await client.get(f"/api/events/{posted.json()['id']}")
+                pending = await client.get("/api/deliveries", params={"status": "pending"})
+        assert sink.requests == []  # the request never left: the header was refused
+    record = event.json()
+    [delivery] = record["deliveries"]
+    assert delivery["last_error"] == "LocalProtocolError calling 127.0.0.1", record
+    assert [a["error"] for a in delivery["attempt_log"]] == [delivery["last_error"]]
+    said = event.text + pending.text + caplog.text + " ".join(
+        str(getattr(r, "fields", "")) for r in caplog.records)
+    assert "LocalProtocolError calling 127.0.0.1" in said
+    assert NEWLINE_SECRET not in said
+
+
+async def test_forward_and_upstream_transport_errors_name_type_and_host_only() -> None:
+    from app.worker import classify
+    from handlers.upstream import Call, send
+
+    request = httpx.Request("POST", f"https://h.example/x?token={NEWLINE_SECRET}",
+                            headers={"authorization": f"Bearer {NEWLINE_SECRET}"})
+    refused = httpx.LocalProtocolError(f"Illegal header value b'{NEWLINE_SECRET}\\n'",
+                                       request=request)
+    assert classify(refused).error == "LocalProtocolError calling h.example"
+    assert classify(httpx.InvalidURL(f"bad {NEWLINE_SECRET}")).error == "InvalidURL"
+    assert classify(httpx.ConnectError(NEWLINE_SECRET)).error == "ConnectError"
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"refused {request.headers['authorization']}", request=request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fail)) as http:
+        ctx = Context(http=http, options={}, log=logging.getLogger("t"), clock=FakeClock(),
+                      handler_name="t")
+        call = Call("GET", "https://up.example/v1", {"authorization": NEWLINE_SECRET}, 5)
+        with pytest.raises(Exception) as info:
+            await send(ctx, "https://up.example", call)
+    assert str(info.value) == "ConnectError calling up.example"
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -189,6 +189,18 @@ async def test_budgets_marks_and_polls(store: Store) -> None:
     assert await store.claim_polls("w2", T0 + 10_000, 30, 10) == []
 
 
+async def test_open_polls(store: Store) -> None:
+    assert await store.open_polls([]) == set()
+    first = await store.add_poll("h", "x.reading", "x:file:1", {}, None, T0, T0 + 600, T0)
+    await store.add_poll("h", "x.reading", "x:file:2", {}, None, T0 + 50, T0 + 600, T0)
+    assert await store.open_polls(["x:file:1", "x:file:2", "x:file:3"]) == {"x:file:1",
+                                                                          "x:file:2"}
+    [claim] = await store.claim_polls("w", T0, 30, 10)
+    assert claim.id == first and await store.open_polls(["x:file:1"]) == {"x:file:1"}
+    assert await store.finish_poll(first, "w", None, "success", T0 + 1)
+    assert await store.open_polls(["x:file:1", "x:file:2"]) == {"x:file:2"}
+
+
 async def test_entity_queries(store: Store) -> None:
     await store.save_events([event(1, job_id="j1"), event(2, job_id="j1"), event(3, job_id="j2")])
     assert [e.received_at for e in await store.events_of("job", "j1")] == [T0 + 1, T0 + 2]

@@ -423,6 +423,10 @@ class Store(abc.ABC):
     async def budget_used(self, keys: Sequence[str]) -> dict[str, int]: ...
 
     @abc.abstractmethod
+    async def open_polls(self, keys: Sequence[str]) -> set[str]:
+        """The keys among `keys` with a status poll not closed yet (waiting or running)."""
+
+    @abc.abstractmethod
     async def mark_once(self, key: str, now: float) -> bool:
         """True if `key` was not marked before (and is now)."""
 

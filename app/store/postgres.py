@@ -706,6 +706,13 @@ class PostgresStore(Store):
                                     list(keys))
         return {r["key"]: r["used"] for r in rows}
 
+    async def open_polls(self, keys: Sequence[str]) -> set[str]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT key FROM polls WHERE key = ANY($1::text[]) "
+                "AND status IN ('waiting', 'running')", list(keys))
+        return {r["key"] for r in rows}
+
     async def mark_once(self, key: str, now: float) -> bool:
         async with self._conn() as conn:
             status = await conn.execute(

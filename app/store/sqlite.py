@@ -737,6 +737,15 @@ class SQLiteStore(Store):
         rows = await self._read(f"SELECT key, used FROM budgets WHERE key IN ({marks})", keys)
         return {row[0]: row[1] for row in rows}
 
+    async def open_polls(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        marks = ",".join("?" * len(keys))
+        rows = await self._read(
+            f"SELECT DISTINCT key FROM polls WHERE key IN ({marks}) "
+            "AND status IN ('waiting', 'running')", keys)
+        return {row[0] for row in rows}
+
     async def mark_once(self, key: str, now: float) -> bool:
         async def steps(conn: aiosqlite.Connection) -> bool:
             cursor = await conn.execute(
