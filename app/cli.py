@@ -325,6 +325,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 async def _retry(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.text import Text
+
     from app import dead_letters
     from app.errors import HooklineError
     from app.store import DeadFilter
@@ -350,7 +352,7 @@ async def _retry(settings: Settings, args: argparse.Namespace) -> int:
         console.print(f"{verb} {report.deliveries} dead deliveries")
         return 0
     except HooklineError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(Text(plain(exc), style="red"))
         return 1
     finally:
         await store.close()
