@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -24,9 +26,12 @@ from app.errors import (
     InvalidJson,
     NotFound,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from app.runtime import Runtime
 from app.store import DeadFilter, EventFilter
+from app.web_guard import is_json
+from schemas.records import EventRecord
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -34,6 +39,11 @@ MAX_Q = 200
 DEFAULT_WINDOW = 3600
 MAX_WINDOW = 7 * 86_400
 MAX_HEALTH_WINDOW = 86_400
+# Events one `POST /api/replay` call takes at most; the answer's `next_cursor` goes on.
+REPLAY_DEFAULT_LIMIT = 1000
+REPLAY_MAX_LIMIT = 10_000
+
+log = logging.getLogger("hookline.api")
 
 
 def _digest(text: str) -> bytes:
@@ -59,6 +69,7 @@ def require_scope(request: Request, scope: str) -> ApiToken | None:
     runtime: Runtime = request.app.state.runtime
     tokens = runtime.settings.api.tokens
     if not tokens and runtime.settings.server.on_loopback:
+        _storable(request)
         return None
     header = request.headers.get("authorization", "")
     kind, _, presented = header.partition(" ")
@@ -70,7 +81,31 @@ def require_scope(request: Request, scope: str) -> ApiToken | None:
     if scope not in found.scopes and "admin" not in found.scopes:
         raise Forbidden()
     request.scope["state"]["log"]["token"] = found.name
+    _storable(request)
     return found
+
+
+_UNSTORABLE = "{name} holds a character no store can take (NUL or a lone surrogate)"
+
+
+def storable_text(value: str) -> bool:
+    """True when every store can take `value` as a parameter: PostgreSQL refuses NUL in text and
+    UTF-8 has no lone surrogates (a JSON body can spell both)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _storable(request: Request) -> None:
+    # Every API endpoint passes its path and query parameters to the store; one no store can
+    # take is a bad request, not a store outage.
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if isinstance(value, str) and not storable_text(value):
+            raise BadRequest(_UNSTORABLE.format(name=name))
 
 
 async def whoami(request: Request) -> Response:
@@ -93,9 +128,12 @@ def _number(params: Mapping[str, Any], name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be a unix timestamp in seconds") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise BadRequest(f"{name} must be a unix timestamp in seconds")
+    return number
 
 
 def _whole(raw: str) -> int | None:
@@ -140,8 +178,22 @@ async def list_events(request: Request) -> Response:
     return _model_json(page)
 
 
+# The raw bytes are whatever a sender sent: never let a browser render them. A fixed
+# application/octet-stream (not the stored type, not even application/json, since the body
+# need not be valid JSON or UTF-8) plus `attachment` means a link opened in a tab downloads
+# instead of running; nosniff and a sandboxing CSP cover browsers that look anyway. The type
+# the body came with is still told, in its own header.
+RAW_HEADERS = {
+    "content-type": "application/octet-stream",
+    "content-disposition": "attachment",
+    "x-content-type-options": "nosniff",
+    "content-security-policy": "default-src 'none'; sandbox",
+}
+
+
 async def raw_event(request: Request) -> Response:
-    """The exact bytes received for an event, with the content type they came with."""
+    """The exact bytes received for an event, as a download; `X-Hookline-Content-Type` says the
+    content type they came with."""
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
     found = await runtime.store.raw_body(request.path_params["event_id"])
@@ -149,9 +201,13 @@ async def raw_event(request: Request) -> Response:
         raise NotFound("no such event")
     body, content_type = found
     return Response(body, media_type=None, headers={
-        "content-type": content_type, "x-content-type-options": "nosniff",
-        "content-disposition": "inline",
+        **RAW_HEADERS, "x-hookline-content-type": _header_safe(content_type),
     })
+
+
+def _header_safe(value: str) -> str:
+    # Stored as received; a header value must be visible ASCII and spaces.
+    return "".join(c for c in value if " " <= c <= "~")
 
 
 async def get_stats(request: Request) -> Response:
@@ -206,10 +262,12 @@ async def live_tail(request: Request) -> Response:
     filters = event_filter(request.query_params, searchable=False)
     start = await stream.start_of(request, runtime.store)
     server = runtime.settings.server
+    tails: stream.Tails = request.app.state.tails
+    tails.take(server.retry_after_seconds)
     return stream.stream_response(stream.tail(
         runtime.store, filters, start, runtime.changes,
-        server.stream_poll_seconds, server.stream_heartbeat_seconds,
-    ))
+        server.stream_poll_seconds, server.stream_heartbeat_seconds, tails,
+    ), on_close=tails.give_back)
 
 
 async def get_event(request: Request) -> Response:
@@ -218,10 +276,30 @@ async def get_event(request: Request) -> Response:
     record = await runtime.store.get_event(request.path_params["event_id"])
     if record is None:
         raise NotFound("no such event")
-    return _model_json(record)
+    try:
+        return _model_json(record)
+    except ValueError:  # pydantic's serialiser stops at a depth a stored payload can pass
+        return Response(_deep_record_json(record), media_type="application/json")
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+def _deep_record_json(record: EventRecord) -> str:
+    """An event whose payload nests deeper than pydantic serialises: the rest by pydantic, the
+    payload by the json module (or, failing that too, `null`)."""
+    rest = record.model_dump_json(exclude={"payload"})
+    try:
+        payload = json.dumps(record.payload, ensure_ascii=False)
+    except (RecursionError, ValueError):
+        payload = "null"
+    return f'{rest[:-1]},"payload":{payload}}}'
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The JSON object a state-changing endpoint was sent ({} for an empty body).
+
+    The body must be declared `application/json` (415 otherwise), even when empty: a web page
+    can send any other type cross-site without a CORS preflight (see app.web_guard)."""
+    if not is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType()
     body = await request.body()
     if not body.strip():
         return {}
@@ -238,6 +316,8 @@ def _str_or_none(params: Mapping[str, Any], name: str) -> str | None:
     value = params.get(name)
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"{name} must be a string")
+    if value is not None and not storable_text(value):
+        raise BadRequest(_UNSTORABLE.format(name=name))
     return value
 
 
@@ -245,7 +325,7 @@ async def replay_event(request: Request) -> Response:
     """Fresh deliveries for one event, through the current routes or to one handler."""
     require_scope(request, "admin")
     runtime: Runtime = request.app.state.runtime
-    body = await _json_object(request)
+    body = await json_body(request)
     try:
         planned = await replay.plan_event(
             runtime.store, runtime.routes, runtime.handlers,
@@ -263,37 +343,62 @@ async def replay_event(request: Request) -> Response:
 
 
 async def replay_many(request: Request) -> Response:
-    """Bulk replay by filter; `dry_run` only counts and lists the plan."""
+    """Bulk replay by filter, at most `limit` events a call from `cursor`; `dry_run` only counts
+    and lists the plan. Work stops when the client goes away."""
     require_scope(request, "admin")
     runtime: Runtime = request.app.state.runtime
-    body = await _json_object(request)
+    body = await json_body(request)
     selection = replay.ReplayFilter(
         source=_str_or_none(body, "source"), type=_str_or_none(body, "type"),
         status=_str_or_none(body, "status"), since=_number(body, "since"),
         until=_number(body, "until"), handler=_str_or_none(body, "handler"),
     )
+    if not selection.narrowed():
+        raise BadRequest("name at least one filter: source, type, status, since or until")
+    limit = _replay_limit(body)
     dry_run = bool(body.get("dry_run"))
     events = deliveries = 0
     plan: list[dict[str, Any]] = []
+    next_cursor = None
     try:
-        async for planned in replay.plan_many(
-            runtime.store, runtime.routes, runtime.handlers, selection
+        async for page in replay.plan_pages(
+            runtime.store, runtime.routes, runtime.handlers, selection, limit,
+            _str_or_none(body, "cursor"),
         ):
-            events += 1
-            deliveries += len(planned.handlers)
-            if dry_run:
-                if len(plan) < MAX_LIMIT:
-                    plan.append({"event_id": planned.event_id, "handlers": planned.handlers})
-            else:
-                await replay.apply(runtime.store, planned, runtime.clock.now())
+            for planned in page.planned:
+                events += 1
+                deliveries += len(planned.handlers)
+                if dry_run:
+                    if len(plan) < MAX_LIMIT:
+                        plan.append({"event_id": planned.event_id, "handlers": planned.handlers})
+                else:
+                    await replay.apply(runtime.store, planned, runtime.clock.now())
+            next_cursor = page.next_cursor
+            if await request.is_disconnected():
+                log.info("bulk replay stopped after %d events: the client went away", events)
+                break
     except replay.ReplayError as exc:
         raise BadRequest(str(exc)) from None
-    if not dry_run:
+    except ValueError:
+        raise BadRequest("invalid cursor") from None
+    if not dry_run and deliveries:
         runtime.wake_worker()
-    answer: dict[str, Any] = {"dry_run": dry_run, "events": events, "deliveries": deliveries}
+    answer: dict[str, Any] = {
+        "dry_run": dry_run, "events": events, "deliveries": deliveries,
+        "more": next_cursor is not None and events >= limit, "next_cursor": None,
+    }
+    if answer["more"]:
+        answer["next_cursor"] = next_cursor
     if dry_run:
         answer["plan"] = plan
     return JSONResponse(answer, status_code=200 if dry_run else 202)
+
+
+def _replay_limit(body: Mapping[str, Any]) -> int:
+    value = body.get("limit", REPLAY_DEFAULT_LIMIT)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= REPLAY_MAX_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {REPLAY_MAX_LIMIT}")
+    return value
 
 
 async def list_deliveries(request: Request) -> Response:
@@ -337,7 +442,7 @@ async def retry_delivery(request: Request) -> Response:
     """The same dead delivery back to `pending`, due now; 409 unless it is dead."""
     require_scope(request, "admin")
     runtime: Runtime = request.app.state.runtime
-    await _json_object(request)
+    await json_body(request)
     delivery_id = request.path_params["delivery_id"]
     await dead_letters.retry_one(runtime.store, delivery_id, runtime.clock.now())
     runtime.wake_worker()
@@ -348,7 +453,7 @@ async def retry_deliveries(request: Request) -> Response:
     """Every open dead letter a filter selects back to `pending`; `dry_run` only counts."""
     require_scope(request, "admin")
     runtime: Runtime = request.app.state.runtime
-    body = await _json_object(request)
+    body = await json_body(request)
     filters = dead_filter(body)
     dry_run = bool(body.get("dry_run"))
     report = await dead_letters.retry_many(

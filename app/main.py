@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from app import api, dashboard, ingest, openapi
+from app import api, dashboard, ingest, openapi, stream
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.http_errors import EXCEPTION_HANDLERS, error_for
@@ -37,6 +37,7 @@ from app.scheduler import Maintenance, start_scheduler
 from app.startup import open_store
 from app.store import Store, StoreError, store_from_url
 from app.watchdog import LoopWatchdog
+from app.web_guard import WebGuard
 from app.worker import WorkerSettings
 
 log = logging.getLogger("hookline")
@@ -90,9 +91,9 @@ class HooklineApp(Starlette):
     """Starlette, with `POST /webhooks/{source}` taken straight to its endpoint.
 
     Every other request goes through the router and the middleware as usual. The webhook
-    endpoint, the one path under load, skips the router's matching and two of the three
-    middleware layers (each a coroutine and a wrapped `send` per request): it keeps the access
-    log, and its errors get the same handlers and envelope as everywhere else. The endpoint
+    endpoint, the one path under load, skips the router's matching and every middleware layer
+    but one (each a coroutine and a wrapped `send` per request; the web guard would leave a
+    webhook alone anyway, see app.web_guard): it keeps the access log, and its errors get the same handlers and envelope as everywhere else. The endpoint
     raises only before it starts its answer, so an error can always still be answered."""
 
     def __init__(self, *, receiver: bool, **kwargs: Any) -> None:
@@ -186,6 +187,9 @@ def create_app(
         worker_settings=worker_settings,
     )
     owns_http = http is None
+    # Types a route names literally are as known as the schemas' (see app.metrics).
+    runtime.metrics.types.know(r.match for r in runtime.routes if not set(r.match) & set("*?["))
+    runtime.metrics.sources.know(settings.sources)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -208,7 +212,8 @@ def create_app(
             else:
                 await _start_components(runtime, settings, role, stack)
             if not settings.api.tokens and settings.server.on_loopback:
-                log.warning("no [[api.tokens]] configured: the read API is open on loopback")
+                log.warning("no [[api.tokens]] configured: the read API is open on loopback, to "
+                            "requests with a loopback Host (and Origin, if sent) only")
             watchdog = LoopWatchdog(on_stall=runtime.metrics.loop_blocked.inc)
             watchdog.start()
             stack.callback(watchdog.stop)
@@ -217,9 +222,15 @@ def create_app(
     app = HooklineApp(
         receiver=role != "worker",
         routes=RECEIVER_ROUTES + HEALTH_ROUTES if role != "worker" else HEALTH_ROUTES,
-        middleware=[Middleware(AccessLogMiddleware)],
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            Middleware(WebGuard, open_api=not settings.api.tokens and settings.server.on_loopback),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    server = settings.server
+    app.state.tails = stream.Tails(
+        runtime.store, server.sse_max_connections, server.stream_poll_seconds)
     return app

@@ -4,9 +4,16 @@ Each app has its own registry (two apps in one process, as in tests, never share
 Counters and histograms are updated where things happen; the gauges that describe the store
 (deliveries waiting, leased, dead) are read from it when `/metrics` is scraped, since several
 processes share one store and none of them alone knows the totals.
+
+`/metrics` needs no token, and senders choose event types: every label value a sender can pick
+goes through a `BoundedLabel`, which keeps the values known up front (the canonical types of the
+schemas, the literal types of the routes) and the first `OTHER_VALUES_CAP` others, and counts
+every later one as `other`. Twenty thousand invented types cost as many series as a hundred.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -15,6 +22,32 @@ from starlette.responses import Response
 
 from app.store import StoreError
 from app.store.base import Gauges
+from schemas import event_models
+
+OTHER = "other"
+OTHER_VALUES_CAP = 100
+
+
+class BoundedLabel:
+    """The values one label may take: every known one, the first `cap` others as they come,
+    then `other`."""
+
+    def __init__(self, cap: int = OTHER_VALUES_CAP, known: Iterable[str] = ()) -> None:
+        self.cap = cap
+        self.known = set(known)
+        self.others: set[str] = set()
+
+    def know(self, values: Iterable[str]) -> None:
+        self.known.update(values)
+
+    def __call__(self, value: str) -> str:
+        if value in self.known or value in self.others:
+            return value
+        if len(self.others) < self.cap:
+            self.others.add(value)
+            return value
+        return OTHER
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -54,13 +87,16 @@ class Metrics:
             registry=r)
         # labels() checks and locks on every call; each request needs only a lookup.
         self._received: dict[tuple[str, ...], Counter] = {}
+        self.types = BoundedLabel(known=event_models())
+        self.sources = BoundedLabel()
+        self.reasons = BoundedLabel()
 
     def accepted(self, source: str, event_type: str, duplicate: bool) -> None:
         outcome = "duplicate" if duplicate else "accepted"
-        self._received_child(source, event_type, outcome, "").inc()
+        self._received_child(self.sources(source), self.types(event_type), outcome, "").inc()
 
     def rejected(self, source: str, reason: str) -> None:
-        self._received_child(source, "", "rejected", reason).inc()
+        self._received_child(self.sources(source), "", "rejected", self.reasons(reason)).inc()
 
     def _received_child(self, *labels: str) -> Counter:
         child = self._received.get(labels)

@@ -54,6 +54,9 @@ def _answer(schema: dict[str, Any] | None, *errors: int, media: str = "applicati
         status: {"description": "ok", "content": {media: {"schema": schema or {}}}},
         "401": {"description": "no valid bearer token", "content": {
             "application/json": {"schema": _ERROR}}},
+        # Any parameter holding what no store can take (NUL) is refused.
+        "400": {"description": "bad parameter", "content": {
+            "application/json": {"schema": _ERROR}}},
     }
     if dry_run:
         responses["200"] = {"description": "dry run: the plan, nothing replayed",
@@ -73,8 +76,12 @@ def _operation(summary: str, parameters: list[dict[str, Any]], responses: dict[s
     operation: dict[str, Any] = {"summary": summary, "parameters": parameters,
                                  "responses": responses, "security": [{"bearer": []}]}
     if body is not None:
-        operation["requestBody"] = {"required": False, "content": {
+        # Required, even if only `{}`: a state-changing call must declare application/json
+        # (415 otherwise), which a web page cannot send cross-site without a preflight.
+        operation["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": body}}}
+        responses.setdefault("415", {"description": "not application/json", "content": {
+            "application/json": {"schema": _ERROR}}})
     return operation
 
 
@@ -93,8 +100,9 @@ def _paths() -> dict[str, Any]:
             "One event with its payload, headers, deliveries and attempts",
             [_path("event_id")], _answer(_ref(EventRecord), 404))},
         "/api/events/{event_id}/raw": {"get": _operation(
-            "The exact bytes received, with the (JSON) content type they came with",
-            [_path("event_id")], _answer({}, 404, media="application/*"))},
+            "The exact bytes received, as a download (application/octet-stream); the "
+            "X-Hookline-Content-Type header gives the content type they came with",
+            [_path("event_id")], _answer({}, 404, media="application/octet-stream"))},
         "/api/events/{event_id}/replay": {"post": _operation(
             "Fresh deliveries for one event (admin)", [_path("event_id")],
             _answer({"type": "object"}, 400, 403, 404, status="202", dry_run=True),
@@ -104,7 +112,10 @@ def _paths() -> dict[str, Any]:
             _answer({"type": "object"}, 400, 403, status="202", dry_run=True), {
                 **_REPLAY_BODY, "properties": {
                     **_REPLAY_FIELDS, "source": _STRING, "type": _STRING,
-                    "status": _STRING, "since": _TIME, "until": _TIME}})},
+                    "status": _STRING, "since": _TIME, "until": _TIME,
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 10000,
+                              "default": 1000},
+                    "cursor": {**_STRING, "description": "next_cursor of the previous call"}}})},
         "/api/deliveries": {"get": _operation(
             "Deliveries, newest first",
             [_query("status", {"enum": ["pending", "running", "succeeded", "dead"]}),

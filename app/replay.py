@@ -5,18 +5,25 @@ one named handler. A bulk replay selects either events (by source, type glob, ti
 events of open dead letters (`status="dead"`: each such event once, with a fresh delivery for
 each handler whose delivery of it is dead and not yet superseded; see `app.dead_letters`).
 `plan_*` answers the same question without writing anything: which handlers would run.
+
+A bulk replay needs at least one filter (`ReplayFilter.narrowed`), and the API takes it in
+bounded calls: `plan_pages` yields at most `limit` events from a cursor, page by page, each page
+with the cursor that resumes after it, so the caller can stop between pages (say, when its client
+went away) and tell where to go on.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from app.dead_letters import each_dead
 from app.routing import Route, handlers_for
 from app.store import DeadFilter, EventFilter, Store
+from app.store.base import decode_cursor, encode_cursor
 
 PAGE = 500
+# The most dead deliveries one event is looked at for (one per handler its routes reach).
+MAX_HANDLERS = 1000
 
 
 class ReplayError(Exception):
@@ -39,6 +46,19 @@ class ReplayFilter:
     until: float | None = None
     handler: str | None = None
 
+    def narrowed(self) -> bool:
+        """True when something selects fewer than every event (`handler` alone only says where
+        the selected events go)."""
+        return any(v is not None for v in (self.source, self.type, self.status, self.since,
+                                           self.until))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPage:
+    planned: list[Planned]
+    next_cursor: str | None
+    """Resumes right after this page; None when nothing more matched."""
+
 
 async def plan_event(
     store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
@@ -55,42 +75,71 @@ async def plan_event(
     return Planned(event.id, event.type, chosen)
 
 
-async def plan_many(
-    store: Store, routes: Sequence[Route], handlers: Mapping[str, object], selection: ReplayFilter
-) -> AsyncIterator[Planned]:
-    """Every (event, handlers) a bulk replay would create, page by page."""
+async def plan_pages(
+    store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
+    selection: ReplayFilter, limit: int | None = None, cursor: str | None = None,
+) -> AsyncIterator[PlanPage]:
+    """The plan of a bulk replay, page by page: at most `limit` events (None: all), starting
+    after `cursor` (a `next_cursor` of an earlier page). Raises ValueError for a bad cursor."""
+    left = limit
+    while left is None or left > 0:
+        size = PAGE if left is None else min(PAGE, left)
+        page = await _plan_page(store, routes, handlers, selection, size, cursor)
+        yield page
+        if left is not None:
+            left -= len(page.planned)
+        # A page of dead letters can plan no event (each one's was planned before) and still
+        # have more after it: only the cursor says when the selection is done.
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+async def _plan_page(
+    store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
+    selection: ReplayFilter, size: int, cursor: str | None,
+) -> PlanPage:
     if selection.status == "dead":
-        for planned in await _dead_events(store, selection):
-            yield planned
-        return
+        return await _dead_page(store, selection, size, cursor)
     filters = EventFilter(
         source=selection.source, type=selection.type, status=selection.status,
         since=selection.since, until=selection.until,
     )
-    cursor = None
-    while True:
-        events = await store.list_events(filters, PAGE, cursor)
-        for item in events.items:
-            yield await plan_event(store, routes, handlers, item.id, selection.handler)
-        if events.next_cursor is None:
-            return
-        cursor = events.next_cursor
+    events = await store.list_events(filters, size, cursor)
+    planned = [await plan_event(store, routes, handlers, item.id, selection.handler)
+               for item in events.items]
+    return PlanPage(planned, events.next_cursor)
 
 
-async def _dead_events(store: Store, selection: ReplayFilter) -> list[Planned]:
-    """One plan per event with open dead letters, its dead handlers in order, gathered before
-    anything is replayed (an event's dead deliveries may lie far apart)."""
+async def plan_many(
+    store: Store, routes: Sequence[Route], handlers: Mapping[str, object], selection: ReplayFilter
+) -> AsyncIterator[Planned]:
+    """Every (event, handlers) a bulk replay would create."""
+    async for page in plan_pages(store, routes, handlers, selection):
+        for planned in page.planned:
+            yield planned
+
+
+async def _dead_page(
+    store: Store, selection: ReplayFilter, size: int, cursor: str | None
+) -> PlanPage:
+    """The events of the next `size` open dead letters, oldest first. An event is planned once,
+    with every handler whose delivery of it is an open dead letter, by the page holding its
+    earliest one: later pages (or later calls, for a dry run that changed nothing) pass it by."""
     filters = DeadFilter(
         handler=selection.handler, source=selection.source, type=selection.type,
         since=selection.since, until=selection.until,
     )
-    found: dict[str, tuple[str, list[str]]] = {}
-    async for letter in each_dead(store, filters):
-        _, handlers = found.setdefault(letter.event_id, (letter.event_type, []))
-        if letter.handler not in handlers:
-            handlers.append(letter.handler)
-    return [Planned(event_id, event_type, tuple(handlers))
-            for event_id, (event_type, handlers) in found.items()]
+    letters = await store.dead_letters(filters, decode_cursor(cursor) if cursor else 0, size)
+    planned = []
+    for letter in letters:
+        of_event = await store.dead_letters(
+            replace(filters, event_id=letter.event_id), 0, MAX_HANDLERS)
+        if of_event and of_event[0].seq == letter.seq:
+            handlers = dict.fromkeys(other.handler for other in of_event)
+            planned.append(Planned(letter.event_id, letter.event_type, tuple(handlers)))
+    more = len(letters) == size
+    return PlanPage(planned, encode_cursor(letters[-1].seq) if more else None)
 
 
 async def apply(store: Store, planned: Planned, now: float) -> list[str]:

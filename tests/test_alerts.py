@@ -121,7 +121,7 @@ async def env(tmp_path: Path, clock: FakeClock) -> AsyncIterator[tuple[httpx.Asy
         checks = Alerts(settings.alerts, runtime.store, clock, runtime.recorder,
                         runtime.handlers, settings.sources)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client, runtime, checks
 
 

@@ -59,7 +59,7 @@ async def test_full_intake_answers_503_and_nothing_grows(tmp_path: Any, clock: F
     app = create_app(settings, store=store, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             first = asyncio.create_task(post(client, clock, "m0"))
             await store.entered.wait()  # the writer holds m0
             queued = [asyncio.create_task(post(client, clock, f"m{n}")) for n in (1, 2)]
@@ -87,26 +87,28 @@ async def test_full_intake_answers_503_and_nothing_grows(tmp_path: Any, clock: F
 async def test_intake_bounds_queued_body_bytes(tmp_path: Any, clock: FakeClock) -> None:
     """Large bodies fill the intake by their bytes before its event count: the event past the
     byte bound is refused, and the bytes are given back once the writer answered."""
-    body = standard_body()
     config = base_config(tmp_path / "bytes.db")
-    config["server"] = {"intake_queue": 100, "batch_max": 1,
-                        "intake_queue_bytes": 2 * len(body) + len(body) // 2}
+    config["server"] = {"intake_queue": 100, "batch_max": 1}
     settings = settings_from_mapping(config, {})
     store = GatedStore(str(tmp_path / "bytes.db"))
     app = create_app(settings, store=store, clock=clock)
     intake = app.state.runtime.intake
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             try:
                 first = asyncio.create_task(post(client, clock, "m0"))
                 await store.entered.wait()  # the writer holds m0, and its bytes count
+                # One event's bytes: its body and the headers stored with it.
+                unit = intake.queued_bytes
+                assert unit > len(standard_body())
+                intake.max_bytes = 2 * unit + unit // 2
                 second = asyncio.create_task(post(client, clock, "m1"))
                 for _ in range(10_000):
                     if intake.depth == 1:
                         break
                     await asyncio.sleep(0)
-                assert intake.depth == 1 and intake.queued_bytes == 2 * len(body)
+                assert intake.depth == 1 and intake.queued_bytes == 2 * unit
                 # Bounded: were m2 queued, it would wait for the gate.
                 refused = await asyncio.wait_for(post(client, clock, "m2"), 5)
             finally:
@@ -127,7 +129,7 @@ async def test_a_body_over_the_byte_bound_gets_in_alone(tmp_path: Any, clock: Fa
     app = create_app(settings_from_mapping(config, {}), clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await post(client, clock, "big")).status_code == 202
             assert app.state.runtime.intake.queued_bytes == 0
 
@@ -138,7 +140,7 @@ async def test_rate_limit_answers_429_and_stores_nothing(tmp_path: Any, clock: F
     app = create_app(settings_from_mapping(config, {}), clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await post(client, clock, "a")).status_code == 202
             assert (await post(client, clock, "b")).status_code == 202
             limited = await post(client, clock, "c")

@@ -108,7 +108,7 @@ use = "fake_handlers:refuses"
         ids = []
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 for n in range(3):
                     body = standard_body()
                     r = await client.post("/webhooks/partner", content=body,
@@ -275,7 +275,7 @@ use = "log"
         ids = []
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 for n, event_type in enumerate(types):
                     body = standard_body(event_type, file_id=f"f{n}", job_id=HOSTILE_JOB)
                     r = await client.post("/webhooks/partner", content=body,

@@ -93,7 +93,7 @@ def post_event(server: ServerProcess, msg_id: str, job_id: str) -> str:
 @contextmanager
 def browser_page(server: ServerProcess, missing: tuple[str, ...] = ()) -> Iterator[Page]:
     """A fresh page at 1280 px wide, where the paths in `missing` answer 404 as an older server
-    would; fails the test on any uncaught script error."""
+    would; fails the test on any uncaught script error or Content-Security-Policy violation."""
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
@@ -102,6 +102,9 @@ def browser_page(server: ServerProcess, missing: tuple[str, ...] = ()) -> Iterat
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("pageerror", lambda error: errors.append(str(error)))
+            # A Content-Security-Policy violation is only a console message: fail on it too.
+            page.on("console", lambda message: errors.append(message.text)
+                    if "Content Security Policy" in message.text else None)
             for path in missing:
                 page.route(f"{server.url}{path}*", lambda route: route.fulfill(
                     status=404, content_type="application/json",
@@ -205,6 +208,29 @@ def test_open_api_asks_for_no_token(tmp_path: Path) -> None:
         expect(page.locator("#whoami")).to_contain_text("open", timeout=WAIT)
         expect(page.locator("#auth")).to_be_hidden()
         expect(page.locator("#sign-out")).to_be_hidden()
+
+
+def test_what_senders_send_is_shown_as_text_never_as_markup(tmp_path: Path) -> None:
+    require_browser()
+    from playwright.sync_api import expect
+
+    hostile = '<img src=x onerror="window.pwned=1"><b id="injected">bold</b>'
+    config = write_config(tmp_path, tokens=False)
+    with running_server(["--config", str(config)], cwd=tmp_path) as server, \
+            browser_page(server) as page:
+        expect(page.locator("#events-empty")).to_be_visible(timeout=WAIT)
+        event_id = post_event(server, "msg-hostile", hostile)
+        row = page.locator(f'#events tbody tr[data-event-id="{event_id}"]')
+        expect(row).to_contain_text(hostile, timeout=WAIT)
+        row.click()
+        expect(page.locator("#detail-payload")).to_contain_text("onerror", timeout=WAIT)
+        page.click("#raw-button")
+        expect(page.locator("#raw-body")).to_contain_text("onerror", timeout=WAIT)
+        page.locator("#lifecycle-id").fill(hostile)
+        page.click("#lifecycle-open")
+        expect(page.locator("#lifecycle-body")).to_contain_text(hostile, timeout=WAIT)
+        assert page.locator("#app img, #injected").count() == 0
+        assert page.evaluate("window.pwned") is None
 
 
 def test_degrades_without_the_newer_endpoints(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ async def env(tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest) 
     app = await make(tmp_path, clock, routes)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client, app.state.runtime
 
 
@@ -237,13 +237,13 @@ async def test_replay_one_event_and_dry_run(env: Any, clock: FakeClock) -> None:
     plan = await client.post(f"/api/events/{event_id}/replay", json={"dry_run": True})
     assert plan.status_code == 200 and plan.json()["handlers"] == ["rec"]
     assert await worker(runtime).run_once() == 0
-    replayed = await client.post(f"/api/events/{event_id}/replay")
+    replayed = await client.post(f"/api/events/{event_id}/replay", json={})
     assert replayed.status_code == 202
     assert len(replayed.json()["deliveries"]) == 1
     assert await worker(runtime).run_once() == 1
     assert [call[0] for call in fake_handlers.recorder.calls] == [event_id, event_id]
     assert len(await deliveries(client, event_id)) == 2
-    unknown = await client.post("/api/events/evt_nope/replay")
+    unknown = await client.post("/api/events/evt_nope/replay", json={})
     assert unknown.status_code == 404
     bad_handler = await client.post(f"/api/events/{event_id}/replay", json={"handler": "nope"})
     assert bad_handler.status_code == 404
@@ -267,7 +267,7 @@ async def test_graceful_stop_releases_unfinished_leases(tmp_path: Path, clock: F
     runtime: Runtime = app.state.runtime
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             event_id = await post(client, clock)
             w = Worker(runtime.store, runtime.handlers, runtime.http, clock,
                        WorkerSettings(shutdown_grace_seconds=0.01))
@@ -287,11 +287,11 @@ async def test_roles_split_receiving_from_dispatching(tmp_path: Path, clock: Fak
     assert receiver.state.runtime.worker is None
     async with receiver.router.lifespan_context(receiver):
         transport = httpx.ASGITransport(app=receiver)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             event_id = await post(client, clock)
     async with worker_only.router.lifespan_context(worker_only):
         transport = httpx.ASGITransport(app=worker_only)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.post("/webhooks/partner", content=b"{}")).status_code == 404
             assert await worker(worker_only.state.runtime).run_once() == 1
@@ -341,7 +341,9 @@ async def test_retry_puts_the_same_dead_delivery_back_and_it_leaves_the_dead_let
     [dead] = await deliveries(client, event_id)
     assert dead["status"] == "dead" and dead["attempts"] == 3
 
-    retried = await client.post(f"/api/deliveries/{dead['id']}/retry")
+    bare = await client.post(f"/api/deliveries/{dead['id']}/retry")  # no JSON content type
+    assert bare.status_code == 415
+    retried = await client.post(f"/api/deliveries/{dead['id']}/retry", json={})
     assert retried.status_code == 202 and retried.json() == {"id": dead["id"], "status": "pending"}
     assert (await client.get("/api/deliveries?status=dead")).json()["items"] == []
     [back] = await deliveries(client, event_id)
@@ -349,14 +351,14 @@ async def test_retry_puts_the_same_dead_delivery_back_and_it_leaves_the_dead_let
     assert back["next_attempt_at"] == clock.now()
     assert len(back["attempt_log"]) == 3
 
-    again = await client.post(f"/api/deliveries/{dead['id']}/retry")
+    again = await client.post(f"/api/deliveries/{dead['id']}/retry", json={})
     assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
     assert await worker(runtime).run_once() == 1
     [done] = await deliveries(client, event_id)
     assert (done["id"], done["status"], done["attempts"]) == (dead["id"], "succeeded", 4)
     assert [a["number"] for a in done["attempt_log"]] == [1, 2, 3, 4]
     assert (await client.get(f"/api/events/{event_id}")).json()["status"] == "delivered"
-    unknown = await client.post("/api/deliveries/dlv_nope/retry")
+    unknown = await client.post("/api/deliveries/dlv_nope/retry", json={})
     assert unknown.status_code == 404
 
 
@@ -394,7 +396,7 @@ async def test_bulk_replay_of_dead_letters_selects_each_event_once(
     second = await post(client, clock, "m2")
     await worker(runtime).run_once()
     # The first event is replayed by hand and dies again: two dead rows, one event.
-    assert (await client.post(f"/api/events/{first}/replay")).status_code == 202
+    assert (await client.post(f"/api/events/{first}/replay", json={})).status_code == 202
     await worker(runtime).run_once()
     assert len(await deliveries(client, first)) == 2
     plan = await client.post("/api/replay", json={"status": "dead", "dry_run": True})
@@ -415,7 +417,7 @@ async def test_retry_needs_the_admin_scope(tmp_path: Path, clock: FakeClock) -> 
                      worker_settings=WorkerSettings(background=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             auth = {"authorization": "Bearer read-token-0123456789"}
             for path in ("/api/deliveries/retry", "/api/deliveries/dlv_x/retry"):
                 assert (await client.post(path, json={}, headers=auth)).status_code == 403

@@ -83,7 +83,7 @@ async def serve() -> AsyncIterator[Callable[[Starlette], Awaitable[httpx.AsyncCl
             await stack.enter_async_context(app.router.lifespan_context(app))
             transport = httpx.ASGITransport(app=app)
             return await stack.enter_async_context(
-                httpx.AsyncClient(transport=transport, base_url="http://h"))
+                httpx.AsyncClient(transport=transport, base_url="http://localhost"))
 
         yield start
 

@@ -596,7 +596,7 @@ async def test_forward_route_end_to_end(tmp_path: Path, clock: FakeClock) -> Non
         )
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 body = standard_body(file_id="22222222-2222-2222-2222-222222222222")
                 posted = await client.post(
                     "/webhooks/partner", content=body,

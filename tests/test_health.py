@@ -64,7 +64,7 @@ async def env(tmp_path: Path, clock: FakeClock) -> AsyncIterator[tuple[httpx.Asy
                      worker_settings=WorkerSettings(background=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client, app.state.runtime
 
 

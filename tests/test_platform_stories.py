@@ -57,7 +57,7 @@ async def started(tmp_path: Path, clock: FakeClock, platform: FakePlatform,
 async def drive(app: Starlette) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client, app.state.runtime
 
 
@@ -201,7 +201,7 @@ async def test_filecheck_reject_is_never_resubmitted(tmp_path: Path, clock: Fake
                                     content=sample("filecheck/filecheck.job.completed.json"))
         assert errored.status_code == 202
         await runtime.worker.run_once()
-        replay = await client.post(f"/api/events/{errored.json()['id']}/replay")
+        replay = await client.post(f"/api/events/{errored.json()['id']}/replay", json={})
         assert replay.status_code == 202
         await runtime.worker.run_once()
         assert platform.paths() == ["POST /jobs"]  # the same failure is never resubmitted twice

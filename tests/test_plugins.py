@@ -98,7 +98,7 @@ async def test_installed_plugin_runs_through_the_app(
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             body = standard_body()
             posted = await client.post(
                 "/webhooks/partner", content=body, headers=standard_headers(body, clock.now())

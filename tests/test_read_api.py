@@ -108,7 +108,7 @@ async def test_open_api_on_loopback_without_tokens(tmp_path: Path, clock: FakeCl
                              clock=clock, worker_settings=WorkerSettings(background=False))
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await client.get("/api/whoami")).json()["open"] is True
             assert (await client.get("/api/events")).status_code == 200
 
@@ -190,7 +190,7 @@ async def test_raw_returns_the_exact_bytes(client: httpx.AsyncClient, clock: Fak
     raw = await client.get(f"/api/events/{event_id}/raw", headers=AUTH)
     assert raw.status_code == 200
     assert raw.content == body
-    assert raw.headers["content-type"] == "application/json; charset=utf-8"
+    assert raw.headers["x-hookline-content-type"] == "application/json; charset=utf-8"
     assert raw.headers["x-content-type-options"] == "nosniff"
     missing = await client.get("/api/events/evt_nope/raw", headers=AUTH)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

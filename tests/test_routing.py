@@ -216,7 +216,7 @@ async def test_ingest_routes_on_the_validated_event(tmp_path: Path, clock: FakeC
                      worker_settings=WorkerSettings(background=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             for spelling in SPELLINGS:
                 for name, handler in (("job_retry", "retrying"),
                                       ("job_exceeded_retries", "exceeded")):

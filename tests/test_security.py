@@ -232,12 +232,12 @@ def test_no_secret_leaves_a_real_server(tmp_path: Path) -> None:
             ids = drive(t)
             wait_until(lambda: dead_ops(t) == 1 and forward.count() >= len(ids))
             replayed = t.record(httpx.post(
-                f"{server.url}/api/events/{ids[2]}/replay",
+                f"{server.url}/api/events/{ids[2]}/replay", json={},
                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10))
             assert replayed.status_code == 202
-            t.record(httpx.post(f"{server.url}/api/replay", json={"dry_run": True},
+            t.record(httpx.post(f"{server.url}/api/replay", json={"type": "*", "dry_run": True},
                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10))
-            t.record(httpx.post(f"{server.url}/api/replay", json={"dry_run": True},
+            t.record(httpx.post(f"{server.url}/api/replay", json={"type": "*", "dry_run": True},
                                 headers={"authorization": f"Bearer {READ_TOKEN}"}, timeout=10))
             wait_until(lambda: dead_ops(t) == 2 and dcycle.count() >= 1)
             for event_id in ids:
@@ -370,7 +370,7 @@ WRONG_CREDENTIALS: list[dict[str, str]] = [
 
 async def test_every_api_route_refuses_wrong_credentials_and_scopes(guarded: Starlette) -> None:
     transport = httpx.ASGITransport(app=guarded)
-    async with httpx.AsyncClient(transport=transport, base_url="http://hookline") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         for method, path in api_routes(guarded):
             for headers in WRONG_CREDENTIALS:
                 response = await client.request(method, path, headers=headers)
@@ -390,7 +390,8 @@ async def test_every_api_route_refuses_wrong_credentials_and_scopes(guarded: Sta
             else:
                 assert as_reader.status_code in (200, 404), (path, as_reader.text)
             if method == "POST":
-                as_admin = await client.request(method, path, json={"dry_run": True}, headers={
+                as_admin = await client.request(method, path, json={"type": "*", "dry_run": True},
+                                                headers={
                     "authorization": f"bearer {ADMIN_TOKEN}"})
                 assert as_admin.status_code in (200, 404), (path, as_admin.text)
 
@@ -403,7 +404,7 @@ async def test_no_tokens_off_loopback_means_no_api(tmp_path: Path, clock: FakeCl
                              worker_settings=WorkerSettings(background=False))
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://hookline") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             for method, path in api_routes(application):
                 for headers in ({}, {"authorization": "Bearer anything"}):
                     response = await client.request(method, path, headers=headers)
@@ -481,7 +482,7 @@ async def test_api_tokens_are_decided_by_compare_digest(
     monkeypatch: pytest.MonkeyPatch, guarded: Starlette
 ) -> None:
     transport = httpx.ASGITransport(app=guarded)
-    async with httpx.AsyncClient(transport=transport, base_url="http://hookline") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         real = {"authorization": f"Bearer {READ_TOKEN}"}
         wrong = {"authorization": "Bearer not-a-token-at-all"}
         assert (await client.get("/api/whoami", headers=real)).status_code == 200
@@ -776,7 +777,7 @@ async def test_a_transport_failure_records_no_request_secret(
                                  worker_settings=WorkerSettings(background=False))
         async with application.router.lifespan_context(application):
             transport = httpx.ASGITransport(app=application)
-            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 body = standard_body()
                 posted = await client.post("/webhooks/partner", content=body,
                                            headers=standard_headers(body, clock.now(), "m1"))

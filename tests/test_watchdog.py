@@ -79,7 +79,7 @@ async def test_a_handler_blocking_the_loop_shows_in_the_log_and_metrics(
     with caplog.at_level(logging.WARNING, logger="hookline.watchdog"):
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 body = standard_body()
                 response = await client.post("/webhooks/partner", content=body,
                                              headers=standard_headers(body, clock.now()))

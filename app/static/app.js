@@ -706,7 +706,8 @@ async function showRaw(eventId) {
   try {
     const response = await request(`/api/events/${encodeURIComponent(eventId)}/raw`);
     if (!response.ok) throw await failure(response);
-    $("#raw-type").textContent = response.headers.get("content-type") ?? "";
+    $("#raw-type").textContent = response.headers.get("x-hookline-content-type") ??
+      response.headers.get("content-type") ?? "";
     pre.textContent = await response.text();
   } catch (error) {
     if (error instanceof Unauthorized) return;

@@ -59,6 +59,7 @@ class DeadFilter:
     type: str | None = None
     since: float | None = None
     until: float | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,15 +466,24 @@ def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
 
 
+# Positions are BIGINT / INTEGER columns: a number past them is no cursor of ours, and a driver
+# would refuse it as an error of the store rather than of the request.
+MAX_POSITION = 2**63 - 1
+
+
 def decode_cursor(cursor: str) -> int:
     """Raise ValueError for a cursor this store did not hand out."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         raise ValueError("invalid cursor") from None
-    if not text.startswith("s") or not text[1:].isdigit():
+    digits = text[1:]
+    if not text.startswith("s") or not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
         raise ValueError("invalid cursor")
-    return int(text[1:])
+    seq = int(digits)
+    if seq > MAX_POSITION:
+        raise ValueError("invalid cursor")
+    return seq
 
 
 def store_from_url(url: str) -> Store:

@@ -617,6 +617,7 @@ class PostgresStore(Store):
             ("e.type LIKE ?", _glob_to_like(filters.type) if filters.type else None),
             ("e.received_at >= ?", filters.since),
             ("e.received_at < ?", filters.until),
+            ("d.event_id = ?", filters.event_id),
         ]
         where, params = _numbered([(sql, v) for sql, v in clauses if v is not None])
         params.append(limit)

@@ -633,6 +633,7 @@ class SQLiteStore(Store):
             ("e.type GLOB ?", filters.type),
             ("e.received_at >= ?", filters.since),
             ("e.received_at < ?", filters.until),
+            ("d.event_id = ?", filters.event_id),
         ]
         used = [(sql, value) for sql, value in clauses if value is not None]
         rows = await self._read(
