@@ -422,3 +422,36 @@ async def test_retry_needs_the_admin_scope(tmp_path: Path, clock: FakeClock) -> 
             for path in ("/api/deliveries/retry", "/api/deliveries/dlv_x/retry"):
                 assert (await client.post(path, json={}, headers=auth)).status_code == 403
                 assert (await client.post(path, json={})).status_code == 401
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "refuses"},
+                                  {"match": "*", "handler": "flaky"}]], indirect=True)
+async def test_paged_replay_of_dead_letters_plans_each_event_once_across_pages(
+    env: Any, clock: FakeClock
+) -> None:
+    client, runtime = env
+    fake_handlers.flaky.failures = 100
+    ids = [await post(client, clock, f"m{n}") for n in range(2)]
+    for _ in range(3):
+        await worker(runtime).run_once()
+        clock.advance(3600)
+    assert len((await client.get("/api/deliveries?status=dead")).json()["items"]) == 4
+
+    async def pages(dry_run: bool) -> list[dict[str, Any]]:
+        answers, cursor = [], None
+        while True:
+            body: dict[str, Any] = {"status": "dead", "limit": 1, "dry_run": dry_run}
+            if cursor:
+                body["cursor"] = cursor
+            answer = (await client.post("/api/replay", json=body)).json()
+            answers.append(answer)
+            if not answer["more"]:
+                return answers
+            cursor = answer["next_cursor"]
+
+    planned = [p for a in await pages(True) for p in a["plan"]]
+    assert sorted(p["event_id"] for p in planned) == sorted(ids)
+    assert all(sorted(p["handlers"]) == ["flaky", "refuses"] for p in planned)
+    done = await pages(False)
+    assert sum(a["events"] for a in done) == 2 and sum(a["deliveries"] for a in done) == 4
+    assert (await pages(True))[0]["events"] == 0
