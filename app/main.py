@@ -163,9 +163,17 @@ async def _open_then_start(
     await _start_components(runtime, settings, role, stack)
 
 
+def _report(task: asyncio.Task[None]) -> None:
+    # Nothing awaits the task while the server runs: a failure would otherwise go unseen, and
+    # the process would answer 503 with no worker for good.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("starting after the store opened failed; the process serves 503 until it is "
+                  "restarted", exc_info=task.exception())
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # an error was logged already
         await task
 
 
@@ -208,6 +216,7 @@ def create_app(
                 log.warning("store unreachable at start: %s; serving 503 until it opens", exc)
                 opening = asyncio.create_task(
                     _open_then_start(runtime, settings, role, stack), name="open store")
+                opening.add_done_callback(_report)
                 stack.push_async_callback(_cancel, opening)
             else:
                 await _start_components(runtime, settings, role, stack)

@@ -12,7 +12,7 @@ from typing import Literal
 
 import httpx
 
-from app.auth import credential_headers
+from app.auth import credential_headers, dropped_headers
 from app.clock import Clock
 from app.config import Settings
 from app.errors import ConfigError
@@ -62,6 +62,7 @@ class Runtime:
     changes: Changes = field(init=False, default_factory=Changes)
     stats: StatsCache = field(init=False)
     secret_headers: frozenset[str] = field(init=False)
+    dropped_headers: dict[str, frozenset[str]] = field(init=False)
 
     def __post_init__(self) -> None:
         server = self.settings.server
@@ -75,6 +76,10 @@ class Runtime:
         )
         self.routes = compile_routes(self.settings.routes)
         self.secret_headers = credential_headers(s.auth for s in self.settings.sources.values())
+        self.dropped_headers = {
+            name: dropped_headers(source.auth, self.secret_headers, source.secret_headers)
+            for name, source in self.settings.sources.items()
+        }
         try:
             self.handlers = load_handlers(self.settings.handlers)
         except HandlerLoadError as exc:

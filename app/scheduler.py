@@ -56,6 +56,17 @@ class Maintenance:
             await self.worker.run_polls_once()
         return reaped
 
+    async def statistics(self) -> int:
+        """Keep the store's planner statistics fresh (one process at a time)."""
+        try:
+            analysed = await self.store.refresh_statistics()
+        except StoreError as exc:
+            log.warning("statistics skipped: %s", exc)
+            return 0
+        if analysed:
+            log.info("statistics refreshed", extra={"fields": {"tables": analysed}})
+        return len(analysed)
+
     async def flush_counts(self) -> int:
         """Add this receiver's counts of duplicates and rejections to the store."""
         if self.tally is None:
@@ -166,6 +177,8 @@ def start_scheduler(
         # The sweep only reaps leases and wakes this process's worker: every worker runs it.
         scheduler.add_job(maintenance.sweep, "interval", seconds=sweep_seconds, id="sweep",
                           **common)
+        scheduler.add_job(_singleton(store, "statistics", maintenance.statistics), "interval",
+                          seconds=sweep_seconds, id="statistics", **common)
         scheduler.add_job(_singleton(store, "prune", maintenance.prune), "interval",
                           seconds=prune_seconds, id="prune", **common)
         scheduler.add_job(_singleton(store, "stalls", maintenance.stalls), "interval",

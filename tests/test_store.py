@@ -624,3 +624,89 @@ async def test_alerts_add_up_per_subject_and_are_taken_once_per_quiet_period(
     await store.set_alert_cursor("dead", 7)
     await store.set_alert_cursor("dead", 9)
     assert await store.alert_cursor("dead") == 9
+
+
+def _old_event_status(deliveries: list[tuple[int, str, str]]) -> str:
+    """The event status the stores have always derived, over (order, handler, status): open
+    while a delivery is pending or running; failed while a dead delivery has no later success
+    of its handler; else delivered."""
+    if any(status in ("pending", "running") for _, _, status in deliveries):
+        return "pending"
+    for order, handler, status in deliveries:
+        if status == "dead" and not any(
+                h == handler and s == "succeeded" and o > order for o, h, s in deliveries):
+            return "failed"
+    return "delivered"
+
+
+async def test_event_status_follows_its_deliveries_in_random_histories(store: Store) -> None:
+    """Random saves, claims, outcome batches, releases and fresh deliveries (replays) of a few
+    events: after each step every event's status is the one its deliveries imply."""
+    import random
+
+    from app.store.base import Finished
+
+    for seed in range(30):
+        rand = random.Random(seed)
+        names = [f"h{seed}_{i}" for i in range(3)]
+        now = T0 + seed * 1000
+        saved = await store.save_events([
+            event(seed * 100 + n, handlers=tuple(rand.sample(names, rand.randint(1, 3))))
+            for n in range(4)])
+        order = 0
+        model: dict[str, tuple[str, int, str, str]] = {}  # delivery: event, order, handler, status
+        expected: dict[str, str] = {}
+        for result in saved:
+            assert isinstance(result, Saved)
+            record = await store.get_event(result.id)
+            assert record is not None
+            expected[result.id] = "pending"
+            for d in record.deliveries:
+                model[d.id] = (result.id, order, d.handler, d.status)
+                order += 1
+        running: dict[str, int] = {}
+        for _ in range(12):
+            now += 1
+            action = rand.random()
+            if action < 0.55:
+                wanted = {n: rand.randint(1, 3) for n in names}
+                claims = await store.claim_due("w", now, 30, 5, wanted)
+                for claim in claims:
+                    event_id, o, handler, _ = model[claim.delivery_id]
+                    model[claim.delivery_id] = (event_id, o, handler, "running")
+                    running[claim.delivery_id] = claim.attempt
+                done = rand.sample(sorted(running), rand.randint(0, len(running)))
+                batch = []
+                for delivery_id in done:
+                    status = rand.choice(["succeeded", "dead", "pending"])
+                    batch.append(Finished(delivery_id, "w", running.pop(delivery_id), now,
+                                          "succeeded" if status == "succeeded" else "transient",
+                                          status, now if status == "pending" else None))
+                    event_id, o, handler, _ = model[delivery_id]
+                    model[delivery_id] = (event_id, o, handler, status)
+                if batch:
+                    assert await store.finish(batch) == [True] * len(batch)
+                    for event_id in {model[f.delivery_id][0] for f in batch}:
+                        expected[event_id] = _old_event_status(
+                            [(o, h, s) for e, o, h, s in model.values() if e == event_id])
+            elif action < 0.7 and running:
+                given_back = rand.sample(sorted(running), 1)
+                assert await store.release("w", given_back, now) == 1
+                for delivery_id in given_back:
+                    del running[delivery_id]
+                    event_id, o, handler, _ = model[delivery_id]
+                    model[delivery_id] = (event_id, o, handler, "pending")
+            else:
+                event_id = rand.choice(sorted(expected))
+                for delivery_id in await store.add_deliveries(
+                        event_id, rand.sample(names, rand.randint(1, 2)), now):
+                    record = await store.get_event(event_id)
+                    assert record is not None
+                    [added] = [d for d in record.deliveries if d.id == delivery_id]
+                    model[delivery_id] = (event_id, order, added.handler, "pending")
+                    order += 1
+                expected[event_id] = "pending"
+            for event_id, status in expected.items():
+                record = await store.get_event(event_id)
+                assert record is not None
+                assert (seed, record.status) == (seed, status)

@@ -237,6 +237,9 @@ class LatestEvent:
 class Store(abc.ABC):
     """Durable event log. Every method raises StoreError when the backend fails."""
 
+    # The schema versions the last `open` applied (so `hookline migrate` can say what it did).
+    applied_migrations: tuple[int, ...] = ()
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -259,6 +262,11 @@ class Store(abc.ABC):
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process adds deliveries. A store used by one process
         (SQLite) has nothing to listen to: the in-process wake-up covers it."""
+
+    async def refresh_statistics(self) -> list[str]:
+        """Update the planner's statistics of tables whose size changed a lot since they were
+        last taken; the tables analysed. A store that needs none (SQLite) does nothing."""
+        return []
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:

@@ -137,7 +137,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         try:
             self._writer = await self._connect()
-            await self.migrate()
+            self.applied_migrations = tuple(await self.migrate())
             self._reader = await self._connect()
         except _SQLITE_ERRORS as exc:
             await self.close()
