@@ -118,6 +118,11 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+async def _fetchall(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    """Every row of one statement, as a list (aiosqlite types its answer as an iterable)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
@@ -176,7 +181,7 @@ class SQLiteStore(Store):
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL DEFAULT (unixepoch()))"
         )
-        rows = await conn.execute_fetchall("SELECT version FROM schema_migrations")
+        rows = await _fetchall(conn, "SELECT version FROM schema_migrations")
         done = {row[0] for row in rows}
         applied = []
         for version, sql in _migrations():
@@ -206,8 +211,8 @@ class SQLiteStore(Store):
     async def ping(self) -> None:
         self._check_file()
         try:
-            await self.reader.execute_fetchall("SELECT 1 FROM schema_migrations LIMIT 1")
-            await self.writer.execute_fetchall("SELECT 1")
+            await _fetchall(self.reader, "SELECT 1 FROM schema_migrations LIMIT 1")
+            await _fetchall(self.writer, "SELECT 1")
         except _SQLITE_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
@@ -230,7 +235,7 @@ class SQLiteStore(Store):
         # costs one round trip to the connection's thread: under load each trip waits its turn
         # on a busy event loop, and those waits are most of a batch's latency.
         try:
-            rows = await conn.execute_fetchall(_INSERT_EVENTS_JSON, (_events_json(events),))
+            rows = await _fetchall(conn, _INSERT_EVENTS_JSON, (_events_json(events),))
             return list(await self._resolve(conn, events, {row[0] for row in rows}))
         except _SQLITE_ERRORS:
             await _rollback(conn)
@@ -270,7 +275,7 @@ class SQLiteStore(Store):
             if event.id in inserted:
                 results.append(Saved(event.id, duplicate=False))
                 continue
-            first = await conn.execute_fetchall(
+            first = await _fetchall(conn,
                 "SELECT id FROM events WHERE source = ? AND dedupe_key = ?",
                 (event.source, event.dedupe_key),
             )
@@ -279,7 +284,7 @@ class SQLiteStore(Store):
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         try:
-            rows = await self.reader.execute_fetchall(
+            rows = await _fetchall(self.reader,
                 f"SELECT {_EVENT_COLUMNS}, headers, query, payload FROM events WHERE id = ?",
                 (event_id,),
             )
@@ -292,13 +297,13 @@ class SQLiteStore(Store):
             raise StoreError(str(exc)) from exc
 
     async def _deliveries(self, event_id: str) -> list[DeliveryRecord]:
-        rows = await self.reader.execute_fetchall(
+        rows = await _fetchall(self.reader,
             "SELECT * FROM deliveries WHERE event_id = ? ORDER BY created_at, handler",
             (event_id,),
         )
         deliveries = [_delivery_record(row) for row in rows]
         for delivery in deliveries:
-            attempts = await self.reader.execute_fetchall(
+            attempts = await _fetchall(self.reader,
                 "SELECT number, started_at, ended_at, outcome, error, http_status "
                 "FROM attempts WHERE delivery_id = ? ORDER BY number",
                 (delivery.id,),
@@ -466,7 +471,7 @@ class SQLiteStore(Store):
         sql, params = _due(now, limit, per_handler)
 
         async def steps(conn: aiosqlite.Connection) -> list[Claim]:
-            rows = await conn.execute_fetchall(sql, params)
+            rows = await _fetchall(conn, sql, params)
             ids = [row[0] for row in rows]
             if not ids:
                 return []
@@ -479,7 +484,7 @@ class SQLiteStore(Store):
                 f"WHERE id IN ({marks})",
                 (owner, now + lease_seconds, now, *ids),
             )
-            claimed = await conn.execute_fetchall(
+            claimed = await _fetchall(conn,
                 f"SELECT d.id AS delivery_id, d.handler, d.attempts, {_EVENT_COLUMNS_E}, "
                 f"e.headers, e.query, e.payload, e.body FROM deliveries d "
                 f"JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks})",
@@ -507,7 +512,7 @@ class SQLiteStore(Store):
 
         async def steps(conn: aiosqlite.Connection) -> list[bool | StoreError]:
             await conn.execute(_FINISH_ATTEMPTS, (batch,))
-            rows = await conn.execute_fetchall(_FINISH_DELIVERIES, (batch,))
+            rows = await _fetchall(conn, _FINISH_DELIVERIES, (batch,))
             held = {(row[0], row[1]) for row in rows}
             await _refresh_event_status(conn, [r.delivery_id for r in results])
             return [(r.delivery_id, r.attempt) in held for r in results]
@@ -558,7 +563,7 @@ class SQLiteStore(Store):
 
     async def next_due_at(self) -> float | None:
         try:
-            rows = await self.reader.execute_fetchall(
+            rows = await _fetchall(self.reader,
                 "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM deliveries "
                 "WHERE status = 'pending' UNION ALL SELECT min(lease_expires_at) FROM deliveries "
                 "WHERE status = 'running')"
@@ -606,7 +611,7 @@ class SQLiteStore(Store):
             sql += " WHERE " + " AND ".join(clause for clause, _ in used)
         sql += " ORDER BY d.seq DESC LIMIT ?"
         try:
-            rows = await self.reader.execute_fetchall(sql, [v for _, v in used] + [limit + 1])
+            rows = await _fetchall(self.reader, sql, [v for _, v in used] + [limit + 1])
         except _SQLITE_ERRORS as exc:
             raise StoreError(str(exc)) from exc
         items = [_delivery_record(row) for row in rows[:limit]]
@@ -713,7 +718,7 @@ class SQLiteStore(Store):
 
     async def take_budget(self, key: str, limit: int, now: float) -> int | None:
         async def steps(conn: aiosqlite.Connection) -> int | None:
-            rows = await conn.execute_fetchall(
+            rows = await _fetchall(conn,
                 "INSERT INTO budgets (key, used, updated_at) SELECT ?, 1, ? WHERE ? > 0 "
                 "ON CONFLICT (key) DO UPDATE SET used = used + 1, updated_at = excluded.updated_at "
                 "WHERE used < ? RETURNING used",
@@ -781,7 +786,7 @@ class SQLiteStore(Store):
         self, owner: str, now: float, lease_seconds: float, limit: int
     ) -> list[PollClaim]:
         async def steps(conn: aiosqlite.Connection) -> list[PollClaim]:
-            rows = await conn.execute_fetchall(
+            rows = await _fetchall(conn,
                 "UPDATE polls SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
                 "attempts = attempts + 1, updated_at = ? WHERE id IN (SELECT id FROM polls "
                 "WHERE (status = 'waiting' AND next_at <= ?) OR (status = 'running' "
@@ -883,7 +888,7 @@ class SQLiteStore(Store):
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         try:
-            return list(await self.reader.execute_fetchall(sql, params))
+            return list(await _fetchall(self.reader, sql, params))
         except _SQLITE_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
