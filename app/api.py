@@ -354,6 +354,7 @@ async def replay_event(request: Request) -> Response:
         planned = await replay.plan_event(
             runtime.store, runtime.routes, runtime.handlers,
             request.path_params["event_id"], _str_or_none(body, "handler"),
+            sources=runtime.settings.sources,
         )
         if body.get("dry_run"):
             return JSONResponse({"event_id": planned.event_id, "handlers": planned.handlers})
@@ -389,7 +390,7 @@ async def replay_many(request: Request) -> Response:
     try:
         async for page in replay.plan_pages(
             runtime.store, runtime.routes, runtime.handlers, selection, limit,
-            _str_or_none(body, "cursor"),
+            _str_or_none(body, "cursor"), sources=runtime.settings.sources,
         ):
             for planned in page.planned:
                 events += 1

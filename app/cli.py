@@ -542,7 +542,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     async with opened_store(settings) as store:
         try:
             if args.ids:
-                planned = [await replay.plan_event(store, routes, handlers, i, args.handler)
+                planned = [await replay.plan_event(store, routes, handlers, i, args.handler,
+                                                   sources=settings.sources)
                            for i in args.ids]
             else:
                 selection = replay.ReplayFilter(
@@ -550,7 +551,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
                     since=_since(args.since, now), until=_since(args.until, now),
                     handler=args.handler,
                 )
-                planned = [p async for p in replay.plan_many(store, routes, handlers, selection)]
+                planned = [p async for p in replay.plan_many(
+                    store, routes, handlers, selection, sources=settings.sources)]
         except replay.ReplayError as exc:
             console.print(Text(plain(exc), style="red"))
             return 1

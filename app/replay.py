@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
+from app.config import SourceSettings
 from app.routing import Route, handlers_for
 from app.store import DeadFilter, EventFilter, Store
 from app.store.base import decode_cursor, encode_cursor
+from schemas import EventInvalid, Incoming, ParsedEvent, parse_event
+from schemas.records import EventRecord
 
 PAGE = 500
 # The most dead deliveries one event is looked at for (one per handler its routes reach).
@@ -60,9 +64,23 @@ class PlanPage:
     """Resumes right after this page; None when nothing more matched."""
 
 
+def validated(source: SourceSettings | None, event: EventRecord) -> Any:
+    """The event's payload validated as its source's platform reads it (the model `where`
+    conditions compare against at ingest), or None when it no longer validates."""
+    if source is None:
+        return None
+    incoming = Incoming(event.payload, event.headers or {}, source.paths)
+    try:
+        parsed = parse_event(source.platform, incoming, "accept")
+    except (EventInvalid, ValueError):
+        return None
+    return parsed.model if isinstance(parsed, ParsedEvent) else None
+
+
 async def plan_event(
     store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
-    event_id: str, handler: str | None = None,
+    event_id: str, handler: str | None = None, *,
+    sources: Mapping[str, SourceSettings] | None = None,
 ) -> Planned:
     event = await store.get_event(event_id)
     if event is None:
@@ -71,20 +89,22 @@ async def plan_event(
         if handler not in handlers:
             raise ReplayError(f"no handler named {handler!r} is configured")
         return Planned(event.id, event.type, (handler,))
-    chosen = handlers_for(routes, event.source, event.type, event.payload)
+    model = validated((sources or {}).get(event.source), event)
+    chosen = handlers_for(routes, event.source, event.type, event.payload, model)
     return Planned(event.id, event.type, chosen)
 
 
 async def plan_pages(
     store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
-    selection: ReplayFilter, limit: int | None = None, cursor: str | None = None,
+    selection: ReplayFilter, limit: int | None = None, cursor: str | None = None, *,
+    sources: Mapping[str, SourceSettings] | None = None,
 ) -> AsyncIterator[PlanPage]:
     """The plan of a bulk replay, page by page: at most `limit` events (None: all), starting
     after `cursor` (a `next_cursor` of an earlier page). Raises ValueError for a bad cursor."""
     left = limit
     while left is None or left > 0:
         size = PAGE if left is None else min(PAGE, left)
-        page = await _plan_page(store, routes, handlers, selection, size, cursor)
+        page = await _plan_page(store, routes, handlers, selection, size, cursor, sources)
         yield page
         if left is not None:
             left -= len(page.planned)
@@ -98,6 +118,7 @@ async def plan_pages(
 async def _plan_page(
     store: Store, routes: Sequence[Route], handlers: Mapping[str, object],
     selection: ReplayFilter, size: int, cursor: str | None,
+    sources: Mapping[str, SourceSettings] | None,
 ) -> PlanPage:
     if selection.status == "dead":
         return await _dead_page(store, selection, size, cursor)
@@ -106,16 +127,18 @@ async def _plan_page(
         since=selection.since, until=selection.until,
     )
     events = await store.list_events(filters, size, cursor)
-    planned = [await plan_event(store, routes, handlers, item.id, selection.handler)
+    planned = [await plan_event(store, routes, handlers, item.id, selection.handler,
+                                sources=sources)
                for item in events.items]
     return PlanPage(planned, events.next_cursor)
 
 
 async def plan_many(
-    store: Store, routes: Sequence[Route], handlers: Mapping[str, object], selection: ReplayFilter
+    store: Store, routes: Sequence[Route], handlers: Mapping[str, object], selection: ReplayFilter,
+    *, sources: Mapping[str, SourceSettings] | None = None,
 ) -> AsyncIterator[Planned]:
     """Every (event, handlers) a bulk replay would create."""
-    async for page in plan_pages(store, routes, handlers, selection):
+    async for page in plan_pages(store, routes, handlers, selection, sources=sources):
         for planned in page.planned:
             yield planned
 

@@ -224,5 +224,13 @@ async def test_ingest_routes_on_the_validated_event(tmp_path: Path, clock: FakeC
                     answer = await client.post("/webhooks/alfred?token=alfred-token", content=body,
                                                headers={"content-type": "application/json"})
                     assert answer.status_code == 202, answer.text
-                    event = (await client.get(f"/api/events/{answer.json()['id']}")).json()
+                    event_id = answer.json()["id"]
+                    event = (await client.get(f"/api/events/{event_id}")).json()
                     assert [d["handler"] for d in event["deliveries"]] == [handler], spelling
+                    # A replay routes the stored event as ingest did: on its validated values.
+                    plan = await client.post(f"/api/events/{event_id}/replay",
+                                             json={"dry_run": True})
+                    assert plan.json()["handlers"] == [handler], spelling
+            bulk = await client.post("/api/replay", json={"type": "alfred.job.*", "dry_run": True})
+            assert sorted(item["handlers"][0] for item in bulk.json()["plan"]) == sorted(
+                ["retrying", "exceeded"] * len(SPELLINGS))
