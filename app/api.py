@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -20,7 +19,6 @@ from starlette.responses import JSONResponse, Response
 
 from app import dead_letters, health, replay, stream, tracking
 from app.config import ApiToken
-from app.media import is_json_media_type
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -29,8 +27,10 @@ from app.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from app.media import is_json_media_type
 from app.runtime import Runtime
 from app.store import DeadFilter, EventFilter
+from app.store.rejections import RejectionFilter
 from app.when import (
     DELIVERY_STATUSES,
     EVENT_STATUSES,
@@ -40,7 +40,6 @@ from app.when import (
     parse_when,
 )
 from schemas.records import EventRecord
-from app.store.rejections import RejectionFilter
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50

@@ -209,7 +209,7 @@ def fit_columns(columns: Sequence[Column], widths: Sequence[int], width: int) ->
         return min(widths[index], FOLD_WIDTH) if columns[index].fold else widths[index]
 
     chosen = [i for i, column in enumerate(columns) if column.keep or column.fold]
-    for index, column in enumerate(columns):
+    for index in range(len(columns)):
         if index in chosen:
             continue
         if _table_width([need(i) for i in (*chosen, index)]) <= width:

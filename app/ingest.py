@@ -34,8 +34,8 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.ids import new_id
-from app.media import is_json_media_type
 from app.intake import Reservation
+from app.media import is_json_media_type
 from app.rejections import BODY_KEY
 from app.routing import handlers_for
 from app.runtime import Runtime

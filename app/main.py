@@ -26,13 +26,13 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from app import api, dashboard, ingest, openapi, stream
+from app.alerts import Alerts
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.http_errors import EXCEPTION_HANDLERS, error_for
 from app.logs import AccessLogMiddleware
 from app.metrics import metrics_endpoint
 from app.runtime import Role, Runtime, default_http
-from app.alerts import Alerts
 from app.scheduler import Maintenance, start_scheduler
 from app.startup import open_store
 from app.store import Store, StoreError, store_from_url
@@ -95,8 +95,9 @@ class HooklineApp(Starlette):
     Every other request goes through the router and the middleware as usual. The webhook
     endpoint, the one path under load, skips the router's matching and every middleware layer
     but one (each a coroutine and a wrapped `send` per request; the web guard would leave a
-    webhook alone anyway, see app.web_guard): it keeps the access log, and its errors get the same handlers and envelope as everywhere else. The endpoint
-    raises only before it starts its answer, so an error can always still be answered."""
+    webhook alone anyway, see app.web_guard): it keeps the access log, and its errors get the
+    same handlers and envelope as everywhere else. The endpoint raises only before it starts its
+    answer, so an error can always still be answered."""
 
     def __init__(self, *, receiver: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)

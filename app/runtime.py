@@ -21,9 +21,9 @@ from app.metrics import Metrics
 from app.ratelimit import RateLimiter
 from app.rejections import RejectionLog
 from app.routing import Route, compile_routes
+from app.stats_cache import StatsCache
 from app.store import Store
 from app.store.base import Finished
-from app.stats_cache import StatsCache
 from app.stream import Changes
 from app.tally import Tally
 from app.upstream import Recorder

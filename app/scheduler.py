@@ -173,7 +173,9 @@ class Maintenance:
         return 1
 
 
-def _singleton(store: Store, name: str, tick: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+def _singleton(
+    store: Store, name: str, tick: Callable[[], Awaitable[int]]
+) -> Callable[[], Awaitable[int]]:
     """Run `tick` only in the one process that holds the store's lock for `name`: with many
     workers on one database each sweep runs once, and another process takes over when the
     holder dies."""

@@ -56,7 +56,9 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20)
 
 
 @contextmanager
-def process(args: list[str], port: int, cwd: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], port: int, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         args, cwd=cwd, env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

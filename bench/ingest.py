@@ -75,7 +75,8 @@ def write_requests(path: Path, count: int) -> None:
             body = json.dumps({
                 "type": "file.processing_failed",
                 "timestamp": now.isoformat(),
-                "data": {"platform": "dcycle", "file_id": f"file-{n:08d}", "job_id": f"job-{n % 997}"},
+                "data": {"platform": "dcycle", "file_id": f"file-{n:08d}",
+                         "job_id": f"job-{n % 997}"},
             }, separators=(",", ":"))
             msg_id = f"msg_{n:09d}"
             out.write(f"{msg_id}\t{stamp}\t{hook.sign(msg_id, now, body)}\t{body}\n")

@@ -1,13 +1,14 @@
 """Memory benchmark: the server's RSS during a burst that overfills the intake queue.
 
 wrk opens more connections than the intake queue holds (5,000; by default the queue takes 4,096
-events or 8 MiB of bodies, whichever comes first, so about 500 of these) and posts distinct
-events of about 16 KB each for a bounded time, so events wait for the writer until the queue is
-full and the rest are refused with 503 and Retry-After. The server's VmRSS and VmHWM are read from /proc/<pid>/status every 100 ms
-during the burst and for a few seconds after it. The baseline is the no-op Starlette endpoint
-under the same uvicorn settings and the same burst. Figures: peak RSS against the 200 MB target,
-whether RSS stopped growing (the median RSS of the burst's last third is less than 5% above
-that of its middle third), and the answers by status, with the 503s that carried Retry-After.
+events or 8 MiB of bodies, whichever comes first, so about 500 of these) and posts distinct events
+of about 16 KB each for a bounded time, so events wait for the writer until the queue is full and
+the rest are refused with 503 and Retry-After. The server's VmRSS and VmHWM are read from
+/proc/<pid>/status every 100 ms during the burst and for a few seconds after it. The baseline is the
+no-op Starlette endpoint under the same uvicorn settings and the same burst. Figures: peak RSS
+against the 200 MB target, whether RSS stopped growing (the median RSS of the burst's last third is
+less than 5% above that of its middle third), and the answers by status, with the 503s that carried
+Retry-After.
 
     python bench/memory.py [--seconds 20] [--connections 5000] [--body-kb 16]
 """

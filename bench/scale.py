@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TypeVar
 
@@ -64,7 +64,8 @@ request = function()
   return wrk.format("POST", nil, {
     ["Content-Type"] = "application/json", ["x-token"] = "%(token)s",
     ["webhook-id"] = tag .. "-" .. n,
-  }, '{"type":"file.processing_failed","timestamp":"2026-11-01T00:00:00Z","data":{"file_id":"f-' .. n .. '"}}')
+  }, '{"type":"file.processing_failed","timestamp":"2026-11-01T00:00:00Z",'
+     .. '"data":{"file_id":"f-' .. n .. '"}}')
 end
 """
 

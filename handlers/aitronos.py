@@ -23,8 +23,18 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from handlers import Context, Event, Permanent, PollOutcome
 from handlers.upstream import (
-    Call, PollingOptions, budget_unit, check_response, error_code, error_message, json_body,
-    needs_upstream, poll_send, segment_problem, send, value_at,
+    Call,
+    PollingOptions,
+    budget_unit,
+    check_response,
+    error_code,
+    error_message,
+    json_body,
+    needs_upstream,
+    poll_send,
+    segment_problem,
+    send,
+    value_at,
 )
 
 POLL_KIND = "aitronos.file"

@@ -24,7 +24,13 @@ from pydantic import Field, SecretStr
 
 from handlers import Context, Event, Permanent
 from handlers.upstream import (
-    Call, UpstreamOptions, budget_unit, check_response, needs_upstream, require_path, send,
+    Call,
+    UpstreamOptions,
+    budget_unit,
+    check_response,
+    needs_upstream,
+    require_path,
+    send,
 )
 
 RETRY = "alfred.job.retry"

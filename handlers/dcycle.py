@@ -14,8 +14,15 @@ from pydantic import Field, SecretStr
 
 from handlers import Context, Event, PollOutcome
 from handlers.upstream import (
-    Call, PollingOptions, budget_unit, check_response, json_body, needs_upstream, poll_send,
-    require_path, send,
+    Call,
+    PollingOptions,
+    budget_unit,
+    check_response,
+    json_body,
+    needs_upstream,
+    poll_send,
+    require_path,
+    send,
 )
 
 POLL_KIND = "dcycle.reading"

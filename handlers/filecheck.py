@@ -27,8 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from handlers import Context, Event, Permanent, Retry, Upstream
 from handlers.upstream import (
-    Call, NotReached, UpstreamOptions, breaker_for, budget_unit, check_response,
-    needs_upstream, send,
+    Call,
+    NotReached,
+    UpstreamOptions,
+    breaker_for,
+    budget_unit,
+    check_response,
+    needs_upstream,
+    send,
 )
 
 ORIGINAL_KEY = "hookline_original_job_id"

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-import fake_handlers
 from app import alerts
 from app.alerts import Alerts
 from app.config import AlertSettings, ConfigError, settings_from_mapping
@@ -18,8 +17,10 @@ from app.main import create_app
 from app.runtime import Runtime
 from app.store.base import IngestCount, Outcome, SourceRows
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config, standard_body, standard_headers
 from handlers.upstream import FAILURE_THRESHOLD, breaker_for, reset_breakers
+
+import fake_handlers
+from conftest import FakeClock, base_config, standard_body, standard_headers
 
 DCYCLE = "https://dcycle.test"
 SETTINGS = AlertSettings()

@@ -16,10 +16,10 @@ from standardwebhooks.webhooks import Webhook
 from app.auth import (
     REDACTED,
     SECRET_HEADERS,
+    dropped_headers,
     redact_query,
     redact_url,
     sign,
-    dropped_headers,
     strip_headers,
     strip_secret_headers,
     verify,

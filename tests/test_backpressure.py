@@ -12,8 +12,9 @@ from app.config import settings_from_mapping
 from app.main import create_app
 from app.store import StoreError
 from app.store.sqlite import SQLiteStore
-from conftest import FakeClock, base_config, standard_body, standard_headers
 from schemas.records import NewEvent, Saved
+
+from conftest import FakeClock, base_config, standard_body, standard_headers
 
 
 async def post(client: httpx.AsyncClient, clock: FakeClock, msg_id: str) -> httpx.Response:

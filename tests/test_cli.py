@@ -85,6 +85,7 @@ def _seed(tmp_path: Path) -> tuple[Path, list[str]]:
     from app.config import load_settings
     from app.main import create_app
     from app.worker import WorkerSettings
+
     from conftest import FakeClock, standard_body, standard_headers
 
     config = tmp_path / "hookline.toml"
@@ -251,6 +252,7 @@ def _seed_types(tmp_path: Path, types: list[str]) -> tuple[Path, list[str]]:
     from app.config import load_settings
     from app.main import create_app
     from app.worker import WorkerSettings
+
     from conftest import FakeClock, standard_body, standard_headers
 
     config = tmp_path / "hookline.toml"
@@ -339,10 +341,10 @@ def test_plain_escapes_controls_and_bidi() -> None:
 def test_send_reports_a_failed_request_without_its_headers(tmp_path: Path) -> None:
     secret = "S3CR3T-send-token-5b2e"
     config = tmp_path / "hookline.toml"
-    config.write_text(f"""
+    config.write_text("""
 [sources.fc]
 platform = "filecheck"
-auth = {{ scheme = "header_token", header = "x-hook-token", secrets_env = "FC_TOKEN" }}
+auth = { scheme = "header_token", header = "x-hook-token", secrets_env = "FC_TOKEN" }
 """)
     sample = tmp_path / "event.json"
     sample.write_text("{}")

@@ -98,7 +98,7 @@ def kind_of(relative: str) -> str | None:
     for pattern, kind in KINDS:
         pattern_parts = pattern.split("/")
         if len(pattern_parts) == len(parts) and all(
-            fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts, pattern_parts)
+            fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts, pattern_parts, strict=False)
         ):
             return kind
     return None

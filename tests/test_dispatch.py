@@ -10,11 +10,12 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-import fake_handlers
 from app.config import settings_from_mapping
 from app.main import create_app
 from app.runtime import Runtime
 from app.worker import Worker, WorkerSettings
+
+import fake_handlers
 from conftest import FakeClock, base_config, standard_body, standard_headers
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from conftest import START, sample
 from handlers.error_text import error_text, failing_reasons
 from handlers.slack import render
 from schemas.records import EventRecord
+
+from conftest import START, sample
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 

@@ -28,8 +28,6 @@ from typing import Any, Self
 
 import httpx
 import pytest
-from conftest import STANDARD_SECRET, FakeClock, base_config, standard_body, standard_headers
-from server import ServerProcess, running_server, wait_until
 from starlette.applications import Starlette
 
 from app.config import settings_from_mapping
@@ -42,6 +40,9 @@ from app.worker import Worker, WorkerSettings
 from handlers import Context, Event
 from handlers.upstream import reset_breakers
 from schemas.records import NewEvent
+
+from conftest import STANDARD_SECRET, FakeClock, base_config, standard_body, standard_headers
+from server import ServerProcess, running_server, wait_until
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:

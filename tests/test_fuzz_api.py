@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from app import openapi
 from app.config import settings_from_mapping
 from app.main import create_app
+
 from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 
 ADMIN_TOKEN = "fuzz-admin-token-0123456789"

@@ -25,7 +25,6 @@ from app.clock import SystemClock
 from app.config import HandlerSettings, settings_from_mapping
 from app.main import create_app
 from app.worker import WorkerSettings, classify
-from conftest import START, FakeClock, base_config, sample, standard_body, standard_headers
 from handlers import Clock, Context, Permanent, Retry
 from handlers.email import EmailHandler
 from handlers.forward import ForwardHandler
@@ -34,6 +33,8 @@ from handlers.registry import HandlerLoadError, load_handlers
 from handlers.slack import SlackHandler
 from schemas import Incoming, ParsedEvent, parse_event
 from schemas.records import EventRecord
+
+from conftest import START, FakeClock, base_config, sample, standard_body, standard_headers
 
 FORWARD_SECRET = "whsec_" + base64.b64encode(b"hookline-forward-secret-0123456").decode()
 SLACK_URL = "https://hooks.slack.com/services/T0001/B0002/abcDEF123"

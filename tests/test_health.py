@@ -10,14 +10,15 @@ from typing import Any
 import httpx
 import pytest
 
-import fake_handlers
 from app import health
 from app.config import settings_from_mapping
 from app.main import create_app
 from app.runtime import Runtime
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config, standard_body, standard_headers
 from handlers.upstream import FAILURE_THRESHOLD, breaker_for, reset_breakers
+
+import fake_handlers
+from conftest import FakeClock, base_config, standard_body, standard_headers
 
 DCYCLE = "https://dcycle.test"
 

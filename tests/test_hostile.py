@@ -26,11 +26,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import STANDARD_SECRET, sample, standard_body, standard_headers
-from server import ServerProcess, running_server, wait_until
 
 from app.errors import InvalidJson
 from app.ingest import _parse_json
+
+from conftest import STANDARD_SECRET, sample, standard_body, standard_headers
+from server import ServerProcess, running_server, wait_until
 
 ALFRED = "/webhooks/alfred?token=alfred-token"
 FILECHECK_SECRET = b"fc-hmac"

@@ -14,6 +14,7 @@ import pytest
 
 from app.config import settings_from_mapping
 from app.main import create_app
+
 from conftest import (
     OLD_STANDARD_SECRET,
     FakeClock,

@@ -22,8 +22,9 @@ from app.serving import Protocol, Server
 from app.store import StoreError
 from app.store.sqlite import SQLiteStore
 from app.stream import Changes
-from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from schemas.records import NewEvent, Saved
+
+from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from server import running_server
 
 

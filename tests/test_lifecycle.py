@@ -27,6 +27,7 @@ from app.lifecycle import (
 from app.main import create_app
 from app.runtime import Runtime
 from app.worker import WorkerSettings
+
 from conftest import FakeClock, base_config, standard_body, standard_headers
 
 

@@ -16,8 +16,9 @@ from app.config import settings_from_mapping
 from app.main import create_app
 from app.runtime import Runtime
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from handlers.upstream import reset_breakers
+
+from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 
 CORPUS = Path(__file__).parents[2] / "shared" / "corpus"
 FILE_ID = "11111111-1111-1111-1111-111111111111"

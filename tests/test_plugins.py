@@ -17,10 +17,11 @@ import pytest
 from app.config import HandlerSettings, settings_from_mapping
 from app.main import create_app
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config, standard_body, standard_headers
 from handlers.forward import ForwardHandler
 from handlers.log import LogHandler
 from handlers.registry import ENTRY_POINT_GROUP, HandlerLoadError, load_handlers, resolve
+
+from conftest import FakeClock, base_config, standard_body, standard_headers
 
 PLUGINS = Path(__file__).parent / "plugins"
 

@@ -27,11 +27,12 @@ from app.ids import new_id
 from app.retry import Decision, RetryPolicy, decide
 from app.routing import Route, condition_holds, handlers_for, lookup, route_matches
 from app.worker import classify
-from conftest import STANDARD_SECRET, FakeClock, standard_headers
 from handlers import Retry
 from handlers.forward import raise_for_outcome
 from handlers.upstream import lookup_path
 from schemas.alfred import BODIES
+
+from conftest import STANDARD_SECRET, FakeClock, standard_headers
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 # The app fixture is built once per test and shared by its examples on purpose.

@@ -16,11 +16,12 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-import fake_handlers
 from app.config import settings_from_mapping
 from app.main import create_app
 from app.runtime import Runtime
 from app.worker import Worker, WorkerSettings
+
+import fake_handlers
 from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 
 READ = "read-token-0123456789"

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FakeClock, sample, standard_body, standard_headers
 from starlette.applications import Starlette
 
 from app import cli
@@ -37,6 +36,8 @@ from app.scheduler import Maintenance
 from app.store import StoreError
 from app.store.sqlite import SQLiteStore
 from schemas.records import NewEvent, Saved
+
+from conftest import FakeClock, sample, standard_body, standard_headers
 
 FC = {"content-type": "application/json", "x-hook-token": "fc-token"}
 

@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field
 
 from app.config import settings_from_mapping
 from app.main import create_app
-
 from app.routing import (
     Route,
     condition_holds,
@@ -23,8 +22,9 @@ from app.routing import (
     validated_view,
 )
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config
 from schemas import Incoming, ParsedEvent, parse_event
+
+from conftest import FakeClock, base_config
 
 PAYLOAD = {
     "type": "file.processing_failed",
@@ -66,7 +66,7 @@ def test_where_equality_in_exists_ne() -> None:
     assert not condition_holds(missing, "dcycle")
     assert condition_holds(missing, {"ne": "dcycle"})
     assert condition_holds(lookup(PAYLOAD, "data.n"), 0)
-    assert not condition_holds(lookup(PAYLOAD, "data.n"), False) is None
+    assert condition_holds(lookup(PAYLOAD, "data.n"), False) is not None
 
 
 def test_handlers_in_route_order_each_once() -> None:

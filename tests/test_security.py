@@ -35,10 +35,11 @@ from app.config import AuthSettings, settings_from_mapping
 from app.main import create_app
 from app.runtime import default_http
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from handlers import Context, Permanent
 from handlers.forward import ForwardHandler, ForwardOptions
 from schemas.records import EventRecord
+
+from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from server import Sink, running_server, wait_until
 
 PARTNER_SECRET = "whsec_" + base64.b64encode(b"S3CR3T-partner-current-5a1e").decode()
@@ -652,9 +653,9 @@ def test_forward_refuses_allowed_host_entries_it_cannot_read(entry: str) -> None
 # Credentials in a query string are redacted wherever the URL is logged or stored.
 
 CREDENTIAL_QUERY = (
-    f"token=alfred-token&access_token=S3CR3T-q1&api_key=S3CR3T-q2&apiKey=S3CR3T-q3"
-    f"&X-Amz-Signature=S3CR3T-q4&sig=S3CR3T-q5&client_secret=S3CR3T-q6&password=S3CR3T-q7"
-    f"&code=S3CR3T-q8&auth=S3CR3T-q9&page=2&keyword=kept"
+    "token=alfred-token&access_token=S3CR3T-q1&api_key=S3CR3T-q2&apiKey=S3CR3T-q3"
+    "&X-Amz-Signature=S3CR3T-q4&sig=S3CR3T-q5&client_secret=S3CR3T-q6&password=S3CR3T-q7"
+    "&code=S3CR3T-q8&auth=S3CR3T-q9&page=2&keyword=kept"
 )
 REDACTED_QUERY = (
     "token=REDACTED&access_token=REDACTED&api_key=REDACTED&apiKey=REDACTED"

@@ -12,6 +12,7 @@ import pytest
 
 from app.startup import backoff, open_store
 from app.store import StoreError
+
 from conftest import SAMPLES, STANDARD_SECRET, standard_headers
 from server import running_server, wait_until
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from app.stats_cache import StatsCache
 from app.tally import Tally
+
 from conftest import FakeClock
 
 

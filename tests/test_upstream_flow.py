@@ -11,15 +11,16 @@ from typing import Any
 import httpx
 import pytest
 
-import fake_handlers
 from app.config import settings_from_mapping
 from app.main import create_app
 from app.runtime import Runtime
 from app.scheduler import Maintenance
 from app.store import store_from_url
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 from handlers import PollOutcome
+
+import fake_handlers
+from conftest import FakeClock, base_config, sample, standard_body, standard_headers
 
 FILE_ID = "11111111-1111-1111-1111-111111111111"
 

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from app.config import HandlerSettings
-from conftest import START, FakeClock, sample
 from handlers import Context, Permanent, PollOutcome, Retry
 from handlers.aitronos import AitronosRetry
 from handlers.alfred import AlfredResubmit
@@ -24,6 +23,8 @@ from handlers.registry import HandlerLoadError, load_handlers
 from handlers.upstream import lookup_path, reset_breakers
 from schemas import Incoming, ParsedEvent, parse_event
 from schemas.records import EventRecord
+
+from conftest import START, FakeClock, sample
 
 Responder = Callable[[httpx.Request], httpx.Response]
 NO_BODY = object()

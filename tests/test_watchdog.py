@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-import fake_handlers
 from app.config import settings_from_mapping
 from app.main import create_app
 from app.watchdog import LoopWatchdog
 from app.worker import WorkerSettings
+
+import fake_handlers
 from conftest import FakeClock, base_config, standard_body, standard_headers
 
 

@@ -27,8 +27,9 @@ from app.metrics import OTHER_VALUES_CAP, Metrics
 from app.runtime import Runtime
 from app.web_guard import is_loopback_host, is_loopback_origin
 from app.worker import WorkerSettings
-from conftest import FakeClock, base_config, standard_body, standard_headers
 from schemas.records import NewEvent
+
+from conftest import FakeClock, base_config, standard_body, standard_headers
 
 ADMIN = "web-admin-token-0123456789"
 

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from app.when import BadValue, check_choice, parse_when
+
 from conftest import FakeClock, standard_body, standard_headers
 
 NOW = 1_790_000_000.0

@@ -9,15 +9,16 @@ from typing import Any
 
 import httpx
 
-import fake_handlers
 from app.config import HandlerSettings
 from app.ids import new_id
 from app.store import store_from_url
 from app.store.base import Finished
 from app.worker import Worker, WorkerSettings
-from conftest import START, FakeClock
 from handlers.registry import LoadedHandler
 from schemas.records import NewEvent
+
+import fake_handlers
+from conftest import START, FakeClock
 
 
 async def test_the_next_claim_overlaps_the_previous_finish(tmp_path: Path) -> None:

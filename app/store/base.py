@@ -263,6 +263,7 @@ class Store(abc.ABC):
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process adds deliveries. A store used by one process
         (SQLite) has nothing to listen to: the in-process wake-up covers it."""
+        return None
 
     async def refresh_statistics(self) -> list[str]:
         """Update the planner's statistics of tables whose size changed a lot since they were

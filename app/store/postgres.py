@@ -337,7 +337,8 @@ class PostgresStore(Store):
                     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                     "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
                 )
-                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                rows = await conn.fetch("SELECT version FROM schema_migrations")
+                done = {r["version"] for r in rows}
                 for version, sql in _migrations():
                     if version in done:
                         continue
@@ -484,7 +485,8 @@ class PostgresStore(Store):
             if filters.q is not None:
                 # Only the newest Q_SCAN_ROWS rows that pass the other filters are searched.
                 params.append(Q_SCAN_ROWS)
-                window = f"SELECT seq FROM events{_and(where)} ORDER BY seq DESC LIMIT ${len(params)}"
+                window = (f"SELECT seq FROM events{_and(where)} "
+                          f"ORDER BY seq DESC LIMIT ${len(params)}")
                 scanned = await conn.fetchrow(f"SELECT count(*), min(seq) FROM ({window}) w",
                                               *params)
                 if scanned is not None and scanned[0] == Q_SCAN_ROWS:
@@ -711,7 +713,8 @@ class PostgresStore(Store):
             ("d.seq < ?", decode_cursor(cursor) if cursor else None),
         ]
         where, params = _numbered([(sql, v) for sql, v in clauses if v is not None])
-        sql = "SELECT d.*, e.type AS event_type FROM deliveries d JOIN events e ON e.id = d.event_id"
+        sql = ("SELECT d.*, e.type AS event_type FROM deliveries d "
+               "JOIN events e ON e.id = d.event_id")
         if where:
             sql += " WHERE " + " AND ".join(where)
         params.append(limit + 1)

@@ -581,7 +581,8 @@ class SQLiteStore(Store):
         async def steps(conn: aiosqlite.Connection) -> list[str]:
             await conn.executemany(
                 _INSERT_DELIVERY,
-                [(i, event_id, handler, now, now, now) for i, handler in zip(ids, handlers, strict=True)],
+                [(i, event_id, handler, now, now, now)
+                 for i, handler in zip(ids, handlers, strict=True)],
             )
             await conn.execute("UPDATE events SET status = 'pending' WHERE id = ?", (event_id,))
             return ids
@@ -606,7 +607,8 @@ class SQLiteStore(Store):
             ("d.seq < ?", decode_cursor(cursor) if cursor else None),
         ]
         used = [(sql, value) for sql, value in clauses if value is not None]
-        sql = "SELECT d.*, e.type AS event_type FROM deliveries d JOIN events e ON e.id = d.event_id"
+        sql = ("SELECT d.*, e.type AS event_type FROM deliveries d "
+               "JOIN events e ON e.id = d.event_id")
         if used:
             sql += " WHERE " + " AND ".join(clause for clause, _ in used)
         sql += " ORDER BY d.seq DESC LIMIT ?"
@@ -774,7 +776,8 @@ class SQLiteStore(Store):
         async def steps(conn: aiosqlite.Connection) -> None:
             await conn.execute(
                 "INSERT INTO polls (id, handler, kind, key, data, event_id, status, next_at, "
-                "deadline, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?, ?)",
+                "deadline, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'waiting', ?, ?, ?, ?)",
                 (poll_id, handler, kind, key, json.dumps(data), event_id, next_at, deadline,
                  now, now),
             )
