@@ -23,7 +23,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-_MISSING = object()
+from schemas import paths
+
+_MISSING: Any = object()
 OPERATORS = frozenset({"eq", "ne", "in", "exists"})
 
 
@@ -40,24 +42,9 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
 
-def _index(part: str) -> int:
-    # Only ASCII digits: str.isdigit() also accepts "²", which int() then refuses.
-    return int(part) if part.isascii() and part.isdigit() else -1
-
-
 def lookup(payload: Any, path: str) -> Any:
     """The value at a dotted path (`data.file_id`, `tasks.0.id`), or _MISSING."""
-    node = payload
-    for part in path.split("."):
-        if isinstance(node, Mapping):
-            node = node.get(part, _MISSING)
-        elif isinstance(node, list) and 0 <= _index(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-        if node is _MISSING:
-            return _MISSING
-    return node
+    return paths.lookup(payload, path, _MISSING)
 
 
 def condition_holds(value: Any, condition: Any) -> bool:

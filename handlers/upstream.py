@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 from handlers import Context, Event, HandlerError, Permanent, Retry, Upstream
 from handlers.forward import TRANSIENT_4XX, raise_for_outcome
 from handlers.headers import header_value_problem, transport_error, url_problem
+from schemas.paths import lookup
 
 FAILURE_THRESHOLD = 5
 COOLDOWN_SECONDS = 60.0
@@ -80,17 +81,7 @@ class PollingOptions(UpstreamOptions):
 
 def lookup_path(payload: Any, dotted: str) -> Any:
     """The value at a dotted path (`data.file_id`, `tasks.0.id`), or None when missing."""
-    node = payload
-    for part in dotted.split("."):
-        if isinstance(node, Mapping):
-            node = node.get(part)
-        elif isinstance(node, list) and part.isascii() and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-        if node is None:
-            return None
-    return node
+    return lookup(payload, dotted)
 
 
 def value_at(event: Event, path: str, name: str) -> str:

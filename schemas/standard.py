@@ -28,6 +28,7 @@ from schemas.envelope import (
     ParsedEvent,
     UnknownPolicy,
 )
+from schemas.paths import lookup
 
 UNKNOWN_TYPE = "unknown"
 # The type names the event in logs, metrics and route globs: printable, and of a sane length.
@@ -66,22 +67,6 @@ class LazyEnvelope:
             return StandardEnvelope.model_validate(self.payload).model_dump(**options)
         except ValidationError:
             return dict(self.payload)
-_MISSING = object()
-
-
-def lookup(payload: Any, path: str) -> Any:
-    """The value at a dotted path (`data.file_id`, `items.0.id`), or None."""
-    node = payload
-    for part in path.split("."):
-        if isinstance(node, Mapping):
-            node = node.get(part, _MISSING)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-        if node is _MISSING:
-            return None
-    return node
 
 
 def message_prefix(headers: Mapping[str, str]) -> str:

@@ -24,7 +24,7 @@ from app.routing import (
 from app.worker import WorkerSettings
 from schemas import Incoming, ParsedEvent, parse_event
 
-from conftest import FakeClock, base_config
+from conftest import FakeClock, base_config, standard_headers
 
 PAYLOAD = {
     "type": "file.processing_failed",
@@ -234,3 +234,31 @@ async def test_ingest_routes_on_the_validated_event(tmp_path: Path, clock: FakeC
             bulk = await client.post("/api/replay", json={"type": "alfred.job.*", "dry_run": True})
             assert sorted(item["handlers"][0] for item in bulk.json()["plan"]) == sorted(
                 ["retrying", "exceeded"] * len(SPELLINGS))
+
+
+def test_one_reader_of_dotted_paths_refuses_non_ascii_digits() -> None:
+    # "²" is a digit to str.isdigit and not to int(): a path step of it is simply not there.
+    from schemas.paths import lookup
+
+    payload = {"items": [{"id": "a"}], "data": {"file_id": None}}
+    assert lookup(payload, "items.0.id") == "a"
+    assert lookup(payload, "items.²") is None
+    assert lookup(payload, "items.²", "missing") == "missing"
+    assert lookup(payload, "data.file_id", "missing") is None  # there, and null
+
+
+async def test_a_standard_source_with_an_odd_type_path_answers_and_stores(
+    tmp_path: Path, clock: FakeClock,
+) -> None:
+    config = base_config(tmp_path / "paths.db")
+    config["sources"]["partner"]["type_path"] = "items.²"
+    app = create_app(settings_from_mapping(config, {}), clock=clock,
+                     worker_settings=WorkerSettings(background=False))
+    body = json.dumps({"items": ["x"]}).encode()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            answer = await client.post("/webhooks/partner", content=body,
+                                       headers=standard_headers(body, clock.now(), "odd"))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["type"] == "unknown"
