@@ -100,6 +100,11 @@ class RequestTimeout(HooklineError):
     default_headers = _CLOSE
 
 
+class TooManyStreams(HooklineError):
+    status, code = 503, "too_many_streams"
+    default_message = "too many live tails are open; try again later"
+
+
 def envelope(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
     """The contract's error body."""
     return {"error": {"code": code, "message": message, "details": details or []}}

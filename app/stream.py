@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.errors import BadRequest, HooklineError
+from app.errors import BadRequest, TooManyStreams
 from app.store import EventFilter, Store
 from app.store.base import MAX_POSITION
 
@@ -33,11 +33,6 @@ PAGE = 500
 # often, and each read takes everything since the last one.
 MIN_READ_GAP = 0.05
 _POSITION = re.compile(r"(\d{1,19})\.(\d{1,19})")
-
-
-class TooManyStreams(HooklineError):
-    status, code = 503, "too_many_streams"
-    default_message = "too many live tails are open; try again later"
 
 
 class Tails:
