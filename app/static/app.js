@@ -898,6 +898,13 @@ function deadItem(delivery) {
   );
 }
 
+function retryResult(ok, text) {
+  const out = $("#retry-result");
+  out.className = ok ? "result ok" : "result error";
+  out.textContent = text;
+  out.hidden = false;
+}
+
 async function retryOne(delivery, button) {
   const item = button.closest(".dead-item");
   const note = item.querySelector(".dead-note");
@@ -906,7 +913,8 @@ async function retryOne(delivery, button) {
     await api(`/api/deliveries/${encodeURIComponent(delivery.id)}/retry`,
       { method: "POST", body: {} });
     item.remove();
-    $("#dead-message").textContent = `Delivery to ${delivery.handler} is pending again.`;
+    retryResult(true, `The delivery of ${delivery.event_type ?? delivery.event_id} to ` +
+      `${delivery.handler} is pending again.`);
     refreshDeadSoon();
     refreshStatsSoon();
   } catch (error) {
@@ -938,8 +946,8 @@ async function askRetryAll() {
     (n ? $("#retry-confirm-yes") : $("#retry-confirm-no")).focus();
   } catch (error) {
     if (error instanceof Unauthorized) return;
-    $("#dead-message").textContent = error.status === 404 && error.code !== "not_found"
-      ? "This server offers no retry." : `Could not count: ${describe(error)}`;
+    retryResult(false, error.status === 404 && error.code !== "not_found"
+      ? "This server offers no retry." : `Could not count: ${describe(error)}`);
   } finally {
     $("#retry-all").disabled = false;
   }
@@ -952,13 +960,12 @@ async function retryAll() {
     const answer = await api("/api/deliveries/retry", { method: "POST",
       body: { ...(state.retryPlan ?? {}) } });
     const n = answer.deliveries;
-    $("#dead-message").textContent =
-      `${n} deliver${n === 1 ? "y is" : "ies are"} pending again.`;
+    retryResult(true, `${n} deliver${n === 1 ? "y is" : "ies are"} pending again.`);
     loadDeadLetters();
     refreshStatsSoon();
   } catch (error) {
     if (error instanceof Unauthorized) return;
-    $("#dead-message").textContent = `Retry failed: ${describe(error)}`;
+    retryResult(false, `Retry failed: ${describe(error)}`);
   }
   $("#retry-all").focus();
 }
@@ -1036,7 +1043,7 @@ async function loadRejections(more = false) {
   } catch (error) {
     if (error instanceof Unauthorized || gen !== state.rejectionGen) return;
     body.replaceChildren();
-    message.textContent = error.status === 404 && error.code !== "not_found"
+    message.textContent = error.status === 404
       ? "This server keeps no log of rejected requests."
       : `Could not load rejected requests: ${describe(error)}`;
   }
@@ -1141,7 +1148,7 @@ async function loadHealth() {
   const missing = (what, result) => {
     const error = result.reason;
     if (error instanceof Unauthorized) return h("p", {});
-    return h("p", { class: "muted" }, error?.status === 404 && error.code !== "not_found"
+    return h("p", { class: "muted" }, error?.status === 404
       ? `This server offers no ${what}.` : `Could not load: ${describe(error)}`);
   };
   $("#handlers-body").replaceChildren(handlers.status === "fulfilled"
@@ -1289,6 +1296,7 @@ function render() {
   $("#dead-type").value = route.dead_type ?? "";
   if (!before || before.dead_handler !== route.dead_handler || before.dead_type !== route.dead_type) {
     $("#retry-confirm").hidden = true;
+    if (before) $("#retry-result").hidden = true;
     loadDeadLetters();
   }
 
