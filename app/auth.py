@@ -40,6 +40,12 @@ SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "webhook-signature", "svix-signature",
     "x-filecheck-signature", "x-api-key", "x-tagshelfapi-key", "x-hub-signature-256",
 })
+# A header whose name holds any of these is taken for a credential wherever it comes from, so a
+# sender's own auth header (`x-acme-token`, `x-partner-signature`) is never stored either.
+_SECRET_NAME = re.compile(
+    r"auth|cookie|token|secret|signature|passw|credential|session|api[-_]?key|access[-_]?key"
+    r"|private[-_]?key"
+)
 # Longer than any Unix timestamp for millennia; also keeps int() far from its digit limit.
 _MAX_TIMESTAMP_DIGITS = 12
 
@@ -77,12 +83,20 @@ def _parse_timestamp(stamp: str) -> int | None:
     return int(stamp)
 
 
+# A sender attaches a signature per secret it signs with (a few, while rotating): entries past
+# the first _MAX_SIGNATURES are not looked at, and one longer than any signature is not decoded,
+# so a huge header costs no more than a normal one.
+_MAX_SIGNATURES = 10
+_MAX_SIGNATURE_CHARS = 512
+
+
 def _offered(header: str) -> tuple[list[bytes], list[bytes]]:
-    """The decoded `v1` and `v1a` signatures of a space-separated header; others are ignored."""
+    """The decoded `v1` and `v1a` signatures among the first entries of a space-separated
+    header; other versions are ignored."""
     offered: tuple[list[bytes], list[bytes]] = ([], [])
-    for entry in header.split():
+    for entry in header.split(maxsplit=_MAX_SIGNATURES)[:_MAX_SIGNATURES]:
         version, _, value = entry.partition(",")
-        if version not in _VERSIONS or not value:
+        if version not in _VERSIONS or not value or len(value) > _MAX_SIGNATURE_CHARS:
             continue
         try:
             offered[_VERSIONS[version]].append(base64.b64decode(value, validate=True))
@@ -153,7 +167,10 @@ def _hmac_hex(secret: str, body: bytes) -> str:
 def _hmac_ok(auth: AuthSettings, headers: Mapping[str, str], body: bytes) -> bool:
     if not auth.header:
         return False
-    presented = headers.get(auth.header.lower(), "").strip().lower().removeprefix("sha256=")
+    presented = headers.get(auth.header.lower(), "")
+    if len(presented) > _MAX_SIGNATURE_CHARS:
+        return False
+    presented = presented.strip().lower().removeprefix("sha256=")
     if not presented:
         return False
     matched = False
@@ -272,11 +289,23 @@ def credential_headers(auths: Iterable[AuthSettings]) -> frozenset[str]:
     return SECRET_HEADERS | {auth.header.lower() for auth in auths if auth.header}
 
 
+@lru_cache(maxsize=1024)
+def is_secret_header(name: str) -> bool:
+    """Whether a header name (any case) looks like it carries a credential."""
+    lowered = name.lower()
+    return lowered in SECRET_HEADERS or _SECRET_NAME.search(lowered) is not None
+
+
 def strip_secret_headers(
-    headers: Mapping[str, str], auth: AuthSettings, secret: frozenset[str] = SECRET_HEADERS
+    headers: Mapping[str, str], auth: AuthSettings, secret: frozenset[str] = SECRET_HEADERS,
+    extra: Iterable[str] = (),
 ) -> dict[str, str]:
-    """The headers worth keeping with an event: never signatures, tokens or cookies. `secret`
-    may name more, such as every source's token header: a sender that presents another
-    source's token by mistake must not have it stored."""
-    drop = secret | ({auth.header.lower()} if auth.header else set())
-    return {name: value for name, value in headers.items() if name.lower() not in drop}
+    """The headers worth keeping with an event: never signatures, tokens, cookies or anything
+    named like them. `secret` may name more, such as every source's token header: a sender that
+    presents another source's token by mistake must not have it stored; `extra` holds the
+    lower-case names a source's config adds."""
+    drop = secret | {auth.header.lower()} if auth.header else secret
+    if extra:
+        drop = drop | set(extra)
+    return {name: value for name, value in headers.items()
+            if name.lower() not in drop and not is_secret_header(name)}

@@ -130,7 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    Server(config, app.state.runtime.changes, server.header_timeout_seconds).run()
+    Server(config, app.state.runtime.changes, server.header_timeout_seconds,
+           (server.max_header_bytes, server.max_headers)).run()
     return 0
 
 

@@ -20,7 +20,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from app.auth import PUBLIC_PREFIX
 from app.errors import ConfigError
@@ -38,6 +46,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RateLimit(_Model):
+    per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -52,7 +65,18 @@ class ServerSettings(_Model):
         default=10.0, gt=0,
         description="time a connection has to send a request's headers, from its start or "
                     "from the request's first byte")
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024,
+        description="bytes of a request's head (request line and headers); past it, 431")
+    max_headers: int = Field(default=100, ge=8, description="header fields of a request")
+    max_stored_header_bytes: int = Field(
+        default=8 * 1024, ge=1024,
+        description="bytes of headers stored with an event; the largest are dropped past it")
     retry_after_seconds: int = Field(default=1, ge=1)
+    failed_auth_rate_limit: RateLimit = Field(
+        default=RateLimit(per_second=5, burst=50),
+        description="requests per source that may fail authentication before further failing "
+                    "ones are answered 429; a correctly signed request is never held by it")
     stream_poll_seconds: float = Field(
         default=1.0, gt=0, description="how often a live tail looks for other processes' writes")
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
@@ -120,9 +144,16 @@ class AuthSettings(_Model):
         return tuple(value for value in values if value not in public), public
 
 
-class RateLimit(_Model):
-    per_second: float = Field(gt=0)
-    burst: int = Field(ge=1)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an HTTP header name")
+    return value.lower()
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
 
 
 # A dotted path into the payload: `action`, `event.kind`, `items.0.id`.
@@ -136,6 +167,8 @@ class SourceSettings(_Model):
     unknown_events: Literal["reject", "accept"] = "accept"
     rate_limit: RateLimit | None = None
     stall_after_minutes: float = Field(default=30, gt=0)
+    secret_headers: tuple[HeaderName, ...] = Field(
+        default=(), description="more header names never stored with this source's events")
     # platform "standard" only: where the type, dedupe key and event time are in the payload.
     type_path: PayloadPath | None = None
     id_path: PayloadPath | None = None

@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import operator
 import re
 import time
+from functools import lru_cache
+from itertools import accumulate, count
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
 from app import auth
+from app.config import SourceSettings
 from app.errors import (
     HooklineError,
     InvalidJson,
@@ -31,6 +35,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.ids import new_id
+from app.intake import Reservation
 from app.routing import handlers_for
 from app.runtime import Runtime
 from app.tally import UNKNOWN_SOURCE
@@ -72,20 +77,47 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     note = scope["state"]["log"]
     note["source"] = name
 
-    wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
-    if wait > 0:
-        raise RateLimited(headers={"Retry-After": str(max(1, math.ceil(wait)))})
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     _check_content_type(headers.get("content-type", ""))
     if runtime.intake.full:  # shed load before reading, verifying and parsing the body
         raise runtime.intake.unavailable()
-    body = await _read_body(receive, headers, source.max_body_bytes, runtime.settings.server)
+    kept, kept_size = cap_headers(
+        auth.strip_secret_headers(
+            headers, source.auth, runtime.secret_headers, source.secret_headers),
+        runtime.settings.server.max_stored_header_bytes)
+    # The headers to store and the body's bytes are held in the intake's byte budget, the body
+    # as it is read, until the answer: past the budget, a request is refused before its body is
+    # parsed.
+    reservation = runtime.intake.reservation()
+    try:
+        reservation.add(kept_size)
+        body = await _read_body(
+            receive, headers, source.max_body_bytes, runtime.settings.server, reservation)
+        return await _accept(scope, runtime, name, source, headers, kept, body)
+    finally:
+        reservation.release()
 
+
+async def _accept(
+    scope: Scope, runtime: Runtime, name: str, source: SourceSettings, headers: dict[str, str],
+    kept: dict[str, str], body: bytes,
+) -> tuple[int, dict[str, Any]]:
+    note = scope["state"]["log"]
     raw_query = scope["query_string"].decode("latin-1")
     query = dict(parse_qsl(raw_query)) if raw_query else {}
     now = runtime.clock.now()
+    # The source's rate limit is charged only once the request is known to be the source's:
+    # a flood of unsigned requests would otherwise lock the real sender out.
     if not auth.verify(source.auth, headers, query, body, now):
+        wait = runtime.rate_limiter.check_failure(name, runtime.clock.monotonic())
+        if wait > 0:
+            raise RateLimited(
+                "too many requests failed authentication; retry later",
+                headers={"Retry-After": _seconds(wait), "Connection": "close"})
         raise Unauthorized()
+    wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
+    if wait > 0:
+        raise RateLimited(headers={"Retry-After": _seconds(wait)})
 
     payload = _parse_json(body)
     try:
@@ -107,7 +139,7 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
         occurred_at=parsed.occurred_at,
         body=body,
         payload=payload,
-        headers=auth.strip_secret_headers(headers, source.auth, runtime.secret_headers),
+        headers=kept,
         query=auth.redact_query(raw_query),
         job_id=parsed.job_id,
         file_id=parsed.file_id,
@@ -115,13 +147,43 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
         task_ids=parsed.task_ids,
         handlers=handlers_for(runtime.routes, name, parsed.type, payload, parsed.model),
     )
-    saved = await runtime.intake.submit(event)
+    saved = await runtime.intake.submit(event, reserved=True)
     note["event_id"] = saved.id
     runtime.metrics.accepted(name, parsed.type, saved.duplicate)
     if saved.duplicate:
         runtime.tally.count(now, name, "duplicate")
         return 200, {"id": saved.id, "duplicate": True}
     return 202, {"id": saved.id, "type": parsed.type, "duplicate": False}
+
+
+DROPPED_HEADERS = "hookline-dropped-headers"
+_MAX_NOTE = 200
+
+
+def cap_headers(headers: dict[str, str], limit: int) -> tuple[dict[str, str], int]:
+    """The headers to store within `limit` bytes (names and values), and their size. Past the
+    limit the largest are dropped, and their names noted under DROPPED_HEADERS."""
+    sizes = {name: len(name) + len(value) for name, value in headers.items()}
+    total = sum(sizes.values())
+    if total <= limit:
+        return headers, total
+    kept = dict(headers)
+    dropped: list[str] = []
+    for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        del kept[name]
+        dropped.append(name)
+        total -= sizes[name]
+        if total + len(DROPPED_HEADERS) + _MAX_NOTE <= limit:
+            break
+    note = ",".join(dropped)
+    if len(note) > _MAX_NOTE:
+        note = note[:_MAX_NOTE - 3] + "..."
+    kept[DROPPED_HEADERS] = note
+    return kept, total + len(DROPPED_HEADERS) + len(note)
+
+
+def _seconds(wait: float) -> str:
+    return str(max(1, math.ceil(wait)))
 
 
 # Built once: json.dumps with options builds a new encoder on every call.
@@ -139,33 +201,54 @@ async def _send_json(send: Send, status: int, answer: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# RFC 9110 section 8.3.1: media-type = type "/" subtype parameters, each part a token, and a
+# parameter's value a token or a quoted string. Anything else (a list, a space inside the type,
+# a stray character) is not one media type, whatever it ends with.
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_MEDIA_TYPE = re.compile(
+    rf"[ \t]*({_TOKEN})/({_TOKEN})(?:[ \t]*;[ \t]*(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?)*[ \t]*"
+)
+
+
+@lru_cache(maxsize=64)  # senders repeat one value: the parse is paid once per distinct value
+def is_json_media_type(value: str) -> bool:
+    """Whether a Content-Type value is one `application/json` or `application/<x>+json` media
+    type, parameters allowed."""
+    match = _MEDIA_TYPE.fullmatch(value)
+    if match is None or match[1].lower() != "application":
+        return False
+    subtype = match[2].lower()
+    return subtype == "json" or (subtype.endswith("+json") and len(subtype) > len("+json"))
+
+
 def _check_content_type(value: str) -> None:
-    media = value.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
+    if not is_json_media_type(value):
         raise UnsupportedMediaType()
 
 
 async def _read_body(
-    receive: Receive, headers: dict[str, str], limit: int, server: Any
+    receive: Receive, headers: dict[str, str], limit: int, server: Any, held: Reservation
 ) -> bytes:
-    """The whole body, refused past `limit` bytes or when it is not in within the timeout."""
+    """The whole body, refused past `limit` bytes or when it is not in within the timeout, each
+    chunk held in the intake's byte budget before it is kept (503 past the budget)."""
     # The declared length refuses early; the running count below is what enforces the cap.
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge()
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise PayloadTooLarge()
+        held.check(int(declared))  # a body that could not be held is refused unread
     try:
         async with asyncio.timeout(server.body_timeout_seconds):
             message = await receive()
-            body = _chunk(message, 0, limit)
+            body = _chunk(message, 0, limit, held)
             if not message.get("more_body", False):
                 return body  # the usual case: the whole body in one message
             chunks = [body]
             size = len(body)
             while message.get("more_body", False):
                 message = await receive()
-                chunk = _chunk(message, size, limit)
+                chunk = _chunk(message, size, limit, held)
                 size += len(chunk)
                 chunks.append(chunk)
             return b"".join(chunks)
@@ -173,12 +256,13 @@ async def _read_body(
         raise RequestTimeout() from None
 
 
-def _chunk(message: Any, size: int, limit: int) -> bytes:
+def _chunk(message: Any, size: int, limit: int, held: Reservation) -> bytes:
     if message["type"] == "http.disconnect":
         raise RequestTimeout("client went away before sending the whole body")
     chunk: bytes = message.get("body", b"")
     if size + len(chunk) > limit:
         raise PayloadTooLarge()
+    held.add(len(chunk))
     return chunk
 
 
@@ -244,11 +328,33 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
+# Deeper payloads are refused before parsing: the parser, and every later reader of the stored
+# payload (the read API, handlers, the dashboard), recurse once per level.
+MAX_JSON_DEPTH = 64
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+# An opening bracket steps 2, a closing one 0: after i brackets the running sum less i is the
+# depth, computed by C-level iterators rather than a Python loop per bracket.
+_BRACKET_STEP = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
+
+
+def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text in `body` opens more than `limit` arrays or objects inside each
+    other (brackets inside strings do not count). Cheap for the usual body: one that holds at
+    most `limit` opening brackets in all cannot be deeper, and is not scanned."""
+    if body.count(b"{") + body.count(b"[") <= limit:
+        return False
+    steps = _STRING.sub(b"", body).translate(None, _NOT_BRACKET).translate(_BRACKET_STEP)
+    return max(map(operator.sub, accumulate(steps), count(1)), default=0) > limit
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidJson("body is not UTF-8") from None
+    if too_deep(body):
+        raise InvalidJson(f"body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
     try:
         payload = _DECODER.decode(text)
     except _DuplicateKey:

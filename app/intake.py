@@ -6,6 +6,10 @@ store fails, the request is refused with 503 and Retry-After instead of anything
 the backlog growing without bound. The queue is bounded twice: in events, and in the bytes of
 their bodies, since events of up to `max_body_bytes` each (and their parsed payloads, a few
 times the size of the body) would otherwise let a full queue take gigabytes.
+
+A request's bytes count from the moment they are read, not only once its event is queued: a
+`Reservation` holds them while the body is read, verified and parsed, so a burst of large
+bodies is refused 503 as it arrives instead of being parsed all at once first.
 """
 
 from __future__ import annotations
@@ -16,6 +20,29 @@ from app.batching import Batcher, NotRunning, QueueFull
 from app.errors import StoreUnavailable
 from app.store import Store, StoreError
 from schemas.records import NewEvent, Saved
+
+
+class Reservation:
+    """The bytes one request holds in the intake's byte budget, until `release`."""
+
+    def __init__(self, intake: Intake) -> None:
+        self._intake = intake
+        self.size = 0
+
+    def add(self, size: int) -> None:
+        """Hold `size` more bytes; 503 when they would take the budget past its bound (a
+        request that is alone in the budget always gets them)."""
+        self._intake._take(size, self.size)
+        self.size += size
+
+    def check(self, size: int) -> None:
+        """503 now when `size` more bytes could not be held (holding nothing more)."""
+        if not self._intake._room(size, self.size):
+            raise self._intake.unavailable()
+
+    def release(self) -> None:
+        self._intake._bytes -= self.size
+        self.size = 0
 
 
 class Intake:
@@ -47,8 +74,23 @@ class Intake:
 
     @property
     def queued_bytes(self) -> int:
-        """Body bytes of the events submitted and not yet answered."""
+        """Bytes held by the requests being read and the events submitted and not yet
+        answered."""
         return self._bytes
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
+
+    def _room(self, size: int, held: int) -> bool:
+        # A request always gets in when nothing else is held, so a body over the byte bound on
+        # its own is not refused for good.
+        return (self.max_bytes is None or self._bytes <= held
+                or self._bytes + size <= self.max_bytes)
+
+    def _take(self, size: int, held: int) -> None:
+        if not self._room(size, held):
+            raise self.unavailable()
+        self._bytes += size
 
     def on_stored(self, callback: Callable[[NewEvent], None]) -> None:
         """Call `callback` with every new event once it is stored (not with duplicates)."""
@@ -60,14 +102,12 @@ class Intake:
     async def stop(self) -> None:
         await self._batcher.stop()
 
-    async def submit(self, event: NewEvent) -> Saved:
-        """Queue one event and wait until it is durably stored; 503 when it cannot be."""
-        size = len(event.body)
-        # An event always gets in when nothing waits, so a body over the byte bound on its own
-        # is not refused for good.
-        if self.max_bytes is not None and self._bytes and self._bytes + size > self.max_bytes:
-            raise self.unavailable()
-        self._bytes += size
+    async def submit(self, event: NewEvent, reserved: bool = False) -> Saved:
+        """Queue one event and wait until it is durably stored; 503 when it cannot be. With
+        `reserved`, the caller already holds the event's bytes in a `Reservation`."""
+        held = Reservation(self)
+        if not reserved:
+            held.add(len(event.body))
         try:
             saved = await self._batcher.submit(event)
         except QueueFull:
@@ -75,7 +115,7 @@ class Intake:
         except (StoreError, NotRunning):
             raise self.unavailable("event store is unavailable") from None
         finally:
-            self._bytes -= size
+            held.release()
         if not saved.duplicate:
             for callback in self._on_stored:
                 callback(event)

@@ -42,16 +42,32 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """A bucket for every source that has a limit; sources without one always pass."""
+    """A bucket for every source that has a limit; sources without one always pass.
 
-    def __init__(self, limits: Mapping[str, RateLimit | None]) -> None:
+    A source's own bucket is charged only for authenticated requests: anyone can send junk to a
+    source's URL, and junk must not use up what the real sender is allowed. Requests that fail
+    authentication draw from a second bucket per source instead (`failures`), which only ever
+    turns a failing request's 401 into a 429, so it holds back the junk and never the sender."""
+
+    def __init__(
+        self, limits: Mapping[str, RateLimit | None], failures: RateLimit | None = None
+    ) -> None:
         self._buckets = {
             name: TokenBucket(limit.per_second, limit.burst)
             for name, limit in limits.items()
             if limit is not None
         }
+        self._failures = {} if failures is None else {
+            name: TokenBucket(failures.per_second, failures.burst) for name in limits
+        }
 
     def check(self, source: str, now: float) -> float:
         """0.0 when `source` may proceed now, else the seconds it should wait."""
         bucket = self._buckets.get(source)
+        return 0.0 if bucket is None else bucket.take(now)
+
+    def check_failure(self, source: str, now: float) -> float:
+        """Charge one failed authentication to `source`: 0.0 while such failures are within
+        their limit, else the seconds the failing sender should wait."""
+        bucket = self._failures.get(source)
         return 0.0 if bucket is None else bucket.take(now)

@@ -70,7 +70,8 @@ class Runtime:
             server.intake_queue_bytes,
         )
         self.rate_limiter = RateLimiter(
-            {name: source.rate_limit for name, source in self.settings.sources.items()}
+            {name: source.rate_limit for name, source in self.settings.sources.items()},
+            server.failed_auth_rate_limit,
         )
         self.routes = compile_routes(self.settings.routes)
         self.secret_headers = credential_headers(s.auth for s in self.settings.sources.values())

@@ -179,6 +179,18 @@ def test_standard_body_must_be_utf8() -> None:
 
 # --- hmac_sha256 -------------------------------------------------------------------------------
 
+def test_standard_looks_at_the_first_ten_signature_entries_only() -> None:
+    good = standard_headers()
+    decoy = "v1," + base64.b64encode(b"x" * 32).decode()
+    for before, ok in ((9, True), (10, False)):
+        entries = [decoy] * before + [good["webhook-signature"]]
+        headers = {**good, "webhook-signature": " ".join(entries)}
+        assert check(STANDARD, headers) is ok, before
+    # An entry longer than any signature is skipped, not decoded.
+    long = "v1," + base64.b64encode(b"y" * 1024).decode()
+    assert check(STANDARD, {**good, "webhook-signature": f"{long} {good['webhook-signature']}"})
+
+
 HMAC = settings("hmac_sha256", "fc-secret", header="X-Filecheck-Signature")
 
 
@@ -195,6 +207,12 @@ def hex_of(secret: str, body: bytes = BODY) -> str:
 ])
 def test_hmac_valid_forms(value: str) -> None:
     assert check(HMAC, {"x-filecheck-signature": value})
+
+
+def test_hmac_header_longer_than_any_signature_is_refused_unread() -> None:
+    padded = f"sha256={hex_of('fc-secret')}" + " " * 600
+    assert check(HMAC, {"x-filecheck-signature": padded[:500]})
+    assert not check(HMAC, {"x-filecheck-signature": padded})
 
 
 def test_hmac_wrong_secret_body_or_header() -> None:
@@ -378,7 +396,8 @@ def test_strip_secret_headers() -> None:
         "webhook-id": MSG_ID,
         "webhook-timestamp": "1",
     }
-    assert "x-hook-token" in strip_secret_headers(headers, QUERY)
+    # Another source's token header is dropped too: its name says it holds a token.
+    assert "x-hook-token" not in strip_secret_headers(headers, QUERY)
     custom = settings("hmac_sha256", "s", header="X-Custom-Sig")
     assert strip_secret_headers({"x-custom-sig": "v", "a": "b"}, custom) == {"a": "b"}
 
@@ -482,3 +501,20 @@ def test_sign_skips_public_keys_and_refuses_when_only_keys() -> None:
 
 def test_svix_signature_is_a_secret_header() -> None:
     assert "svix-signature" in SECRET_HEADERS
+
+
+@pytest.mark.parametrize("name", [
+    "X-Acme-Token", "x-partner-signature", "x-hub-signature", "x-csrftoken", "set-cookie",
+    "x-amz-security-token", "x-client-secret", "x-auth", "x-apikey", "x-api_key", "api-key",
+    "x-password", "x-session-id", "x-access-key", "x-credentials", "x-private-key",
+])
+def test_headers_named_like_credentials_are_not_kept(name: str) -> None:
+    kept = strip_secret_headers({name: "v", "user-agent": "u", "webhook-id": "m"}, QUERY)
+    assert kept == {"user-agent": "u", "webhook-id": "m"}
+
+
+def test_a_source_may_name_more_secret_headers() -> None:
+    headers = {"x-partner-key": "k", "x-trace": "t", "content-type": "application/json"}
+    assert strip_secret_headers(headers, QUERY) == headers
+    kept = strip_secret_headers(headers, QUERY, extra=("x-partner-key",))
+    assert kept == {"x-trace": "t", "content-type": "application/json"}

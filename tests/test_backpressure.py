@@ -87,10 +87,8 @@ async def test_full_intake_answers_503_and_nothing_grows(tmp_path: Any, clock: F
 async def test_intake_bounds_queued_body_bytes(tmp_path: Any, clock: FakeClock) -> None:
     """Large bodies fill the intake by their bytes before its event count: the event past the
     byte bound is refused, and the bytes are given back once the writer answered."""
-    body = standard_body()
     config = base_config(tmp_path / "bytes.db")
-    config["server"] = {"intake_queue": 100, "batch_max": 1,
-                        "intake_queue_bytes": 2 * len(body) + len(body) // 2}
+    config["server"] = {"intake_queue": 100, "batch_max": 1}
     settings = settings_from_mapping(config, {})
     store = GatedStore(str(tmp_path / "bytes.db"))
     app = create_app(settings, store=store, clock=clock)
@@ -101,12 +99,16 @@ async def test_intake_bounds_queued_body_bytes(tmp_path: Any, clock: FakeClock) 
             try:
                 first = asyncio.create_task(post(client, clock, "m0"))
                 await store.entered.wait()  # the writer holds m0, and its bytes count
+                # One event's bytes: its body and the headers stored with it.
+                unit = intake.queued_bytes
+                assert unit > len(standard_body())
+                intake.max_bytes = 2 * unit + unit // 2
                 second = asyncio.create_task(post(client, clock, "m1"))
                 for _ in range(10_000):
                     if intake.depth == 1:
                         break
                     await asyncio.sleep(0)
-                assert intake.depth == 1 and intake.queued_bytes == 2 * len(body)
+                assert intake.depth == 1 and intake.queued_bytes == 2 * unit
                 # Bounded: were m2 queued, it would wait for the gate.
                 refused = await asyncio.wait_for(post(client, clock, "m2"), 5)
             finally:

@@ -702,6 +702,68 @@ def test_a_keep_alive_connection_gets_the_header_timeout_for_each_request(
         assert time.monotonic() - started < 3
 
 
+# --- request head limits (max_header_bytes 32 KiB, max_headers 100 by default) -----------------
+
+
+def assert_431(reply: Reply | None) -> None:
+    assert reply is not None and reply.status == 431, reply
+    assert reply.error_code() == "request_header_fields_too_large"
+    assert reply.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[f"X-Big: {'a' * 40_000}"], [f"X-N{i}: v" for i in range(101)],
+     [f"X-Part{i}: {'b' * 1000}" for i in range(40)]],
+    ids=["one-40k-header", "101-headers", "40-headers-of-1k"],
+)
+def test_a_head_over_the_limits_is_431_and_closed(hookline: Hookline, extra: list[str]) -> None:
+    body = json.dumps(alfred_event()).encode()
+    with connect(hookline, request_head(ALFRED, *extra, length=len(body)) + body) as sock:
+        assert_431(read_reply(sock))
+        assert closed_by_server(sock, timeout=2)
+
+
+def test_a_head_just_within_the_limits_is_accepted(hookline: Hookline) -> None:
+    body = json.dumps(alfred_event()).encode()
+    extra = [f"X-Part{i}: {'c' * 1000}" for i in range(28)] + [f"X-N{i}: v" for i in range(60)]
+    with connect(hookline, request_head(ALFRED, *extra, length=len(body)) + body) as sock:
+        reply = read_reply(sock)
+    assert reply is not None and reply.status == 202, reply
+    hookline.acknowledged.append(json.loads(reply.body)["id"])
+
+
+def test_a_header_over_the_limit_is_refused_before_it_ends(hookline: Hookline) -> None:
+    # The header never ends: the server must answer from the bytes received so far, not after
+    # buffering a whole head of whatever size the client likes.
+    head = b"POST /webhooks/alfred?token=alfred-token HTTP/1.1\r\nHost: h\r\nX-Big: "
+    with connect(hookline, head) as sock:
+        reply = None
+        for _ in range(16):  # 64 KiB at most, in 4 KiB pieces
+            sock.sendall(b"a" * 4096)
+            if select.select([sock], [], [], 0.05)[0]:
+                reply = read_reply(sock)
+                break
+        else:
+            reply = read_reply(sock, timeout=2)
+        assert_431(reply)
+
+
+def test_a_50_mb_header_is_cut_off_early(hookline: Hookline) -> None:
+    head = b"POST /webhooks/alfred?token=alfred-token HTTP/1.1\r\nHost: h\r\nX-Big: "
+    sent = 0
+    with connect(hookline, head) as sock:
+        try:
+            while sent < 50 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        else:
+            assert closed_by_server(sock, timeout=2)
+    assert sent < 8 * 1024 * 1024  # the kernel's buffers, not the whole header
+
+
 # --- the parser itself --------------------------------------------------------------------------
 
 

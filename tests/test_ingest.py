@@ -152,6 +152,38 @@ async def test_json_content_type_with_charset_is_accepted(client: httpx.AsyncCli
 
 
 @pytest.mark.parametrize(
+    "content_type",
+    ["application/a,text/html,x+json", "application/json, text/html", "application /json",
+     "application/ json", "application/+json", "application/json; charset=utf 8",
+     "application/json; a=\"open", "application/json;=x", "application/json@",
+     "application/jsonp", "text/json", "application/json/x"],
+)
+async def test_content_type_must_parse_as_one_json_media_type(
+    client: httpx.AsyncClient, clock: FakeClock, content_type: str
+) -> None:
+    body = standard_body()
+    headers = standard_headers(body, clock.now())
+    headers["content-type"] = content_type
+    response = await client.post("/webhooks/partner", content=body, headers=headers)
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["APPLICATION/JSON", "application/cloudevents+json", "application/json;charset=\"utf-8\"",
+     " application/json ; charset=utf-8 ; q=1"],
+)
+async def test_json_media_types_with_parameters_are_accepted(
+    client: httpx.AsyncClient, clock: FakeClock, content_type: str
+) -> None:
+    body = standard_body()
+    headers = standard_headers(body, clock.now())
+    headers["content-type"] = content_type
+    response = await client.post("/webhooks/partner", content=body, headers=headers)
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize(
     "body",
     [b"{not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe{}", b'{"a": NaN}', b"null",
      b'{"a": 1e400}', b'{"a": ' + b"9" * 5000 + b"}"],
@@ -170,6 +202,36 @@ async def test_deeply_nested_json_is_400_not_500(client: httpx.AsyncClient) -> N
         "/webhooks/open", content=body, headers={"content-type": "application/json"}
     )
     assert_error(response, 400, "invalid_json")
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for level in range(levels):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+@pytest.mark.parametrize(("levels", "status"), [(62, 202), (63, 400), (300, 400)])
+async def test_nesting_past_64_levels_is_refused_before_storing(
+    client: httpx.AsyncClient, clock: FakeClock, levels: int, status: int
+) -> None:
+    # The envelope object and its `data` object are two levels: data nesting 62 more is 64.
+    body = standard_body(platform="dcycle", deep=nested(levels))
+    response = await post_standard(client, clock, body)
+    if status == 202:
+        assert response.status_code == 202, response.text
+    else:
+        error = assert_error(response, 400, "invalid_json")
+        assert "64" in error["message"]
+        assert (await client.get("/api/events")).json()["items"] == []
+
+
+def test_depth_scan_skips_brackets_inside_strings() -> None:
+    from app.ingest import too_deep
+
+    assert not too_deep(json.dumps({"a": "[" * 500, "b": '\\"{' * 200}).encode())
+    assert too_deep(b"[" * 65 + b"]" * 65)
+    assert not too_deep(b"[" * 64 + b"]" * 64 + b"[[]]" * 100)
 
 
 @pytest.mark.parametrize(
@@ -354,7 +416,7 @@ async def test_an_unexpected_error_answers_500_with_the_envelope_and_is_logged(
     intake = app.state.runtime.intake
     real_submit = intake.submit
 
-    async def broken(event: Any) -> Any:
+    async def broken(event: Any, reserved: bool = False) -> Any:
         raise RuntimeError("intake exploded at /var/lib/secret")
 
     monkeypatch.setattr(intake, "submit", broken)
@@ -366,7 +428,7 @@ async def test_an_unexpected_error_answers_500_with_the_envelope_and_is_logged(
     [logged] = [r for r in caplog.records if r.name == "hookline.http"]
     assert logged.exc_info is not None and "POST /webhooks/partner" in logged.getMessage()
 
-    async def store_down(event: Any) -> Any:
+    async def store_down(event: Any, reserved: bool = False) -> Any:
         raise StoreError("database is locked")
 
     monkeypatch.setattr(intake, "submit", store_down)

@@ -73,3 +73,16 @@ def test_no_limit_when_none_or_unknown() -> None:
     limiter = RateLimiter({"open": None})
     assert all(limiter.check("open", T0) == 0.0 for _ in range(1000))
     assert limiter.check("never-configured", T0) == 0.0
+
+
+def test_failures_have_their_own_bucket_per_source() -> None:
+    limiter = RateLimiter(
+        {"alfred": RateLimit(per_second=1.0, burst=1), "open": None},
+        RateLimit(per_second=0.5, burst=2),
+    )
+    assert [limiter.check_failure("alfred", T0) for _ in range(2)] == [0.0, 0.0]
+    assert limiter.check_failure("alfred", T0) == pytest.approx(2.0)
+    # Failures took nothing from the source's own bucket, nor from another source's failures.
+    assert limiter.check("alfred", T0) == 0.0
+    assert limiter.check_failure("open", T0) == 0.0
+    assert RateLimiter({"open": None}).check_failure("open", T0) == 0.0
