@@ -1197,12 +1197,14 @@ function handlersTable(handlers) {
 function sourcesTable(sources) {
   if (!sources.length) return h("p", { class: "muted" }, "No source is configured.");
   return h("div", { class: "table-wrap" }, h("table", { class: "grid" },
-    h("thead", {}, h("tr", {}, h("th", {}, "Source"), h("th", {}, "Auth"),
+    h("thead", {}, h("tr", {}, h("th", {}, "Source"), h("th", { class: "opt" }, "Auth"),
       h("th", {}, "Accepted"), h("th", {}, "Duplicate"), h("th", {}, "Rejected"),
       h("th", { class: "opt" }, "Last event"), h("th", { class: "opt" }, "Routes"))),
     h("tbody", {}, sources.map((x) => h("tr", { "data-source": x.name, "data-testid": "source" },
-      h("td", {}, h("b", {}, x.name), h("div", { class: "muted small-text" }, x.platform)),
-      h("td", { class: "small-text" }, x.auth?.scheme ?? ""),
+      h("td", { class: "wrap" }, h("b", {}, x.name),
+        h("div", { class: "muted small-text" }, x.platform, h("span", { class: "narrow-only" },
+          x.auth?.scheme ? ` · ${x.auth.scheme}` : ""))),
+      h("td", { class: "small-text opt" }, x.auth?.scheme ?? ""),
       h("td", {}, x.requests?.accepted ?? 0),
       h("td", {}, x.requests?.duplicate ?? 0),
       h("td", {}, (x.requests?.rejected ?? 0)
