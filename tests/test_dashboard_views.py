@@ -338,9 +338,11 @@ def test_the_chart_keeps_delivery_failures_out_of_the_request_stack(tmp_path: Pa
         expect(page.locator('.total[data-series="delivery_failed"] b')).to_have_text(
             "1", timeout=WAIT)
         expect(page.locator('.total[data-series="accepted"] b')).to_have_text("2")
-        assert page.locator('#chart rect[data-series="delivery_failed"]').count() == 0
+        assert page.locator('#chart rect.k-delivery_failed').count() == 0
         expect(page.locator('#chart polyline[data-series="delivery_failed"]')).to_have_count(1)
         # The minute's bar stacks only what came in: its height is the requests', not plus failures.
         heights = page.evaluate("""[...document.querySelectorAll('#chart rect.bar')]
             .map((r) => r.getAttribute('data-series'))""")
         assert "delivery_failed" not in heights and "accepted" in heights
+        page.click('.total[data-series="rejected"] a')
+        expect(page.locator("#rejections")).to_be_visible(timeout=WAIT)

@@ -560,7 +560,10 @@ function drawChart(stats, message = "no data") {
   const dead = stats.deliveries?.dead;
   totals.replaceChildren(
     ...OUTCOMES.map((k) => h("span", { class: "total", "data-series": k },
-      h("i", { class: `swatch k-${k}` }), `${k} `, h("b", {}, sums[k]))),
+      h("i", { class: `swatch k-${k}` }), `${k} `, k === "rejected" && sums[k]
+        ? h("a", { href: linkTo({ view: "rejections" }), title: "see the rejected requests" },
+          h("b", {}, sums[k]))
+        : h("b", {}, sums[k]))),
     h("span", { class: "total", "data-series": FAILURES },
       h("i", { class: "swatch line k-delivery_failed" }), "failed delivery attempts ",
       h("b", {}, sums[FAILURES])),
