@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from app import replay, stream, tracking
 from app.config import ApiToken
+from app.media import is_json_media_type
 from app.errors import (
     BadRequest,
     Forbidden,
@@ -30,8 +31,16 @@ from app.errors import (
 )
 from app.runtime import Runtime
 from app.store import EventFilter
-from app.web_guard import is_json
+from app.when import (
+    DELIVERY_STATUSES,
+    EVENT_STATUSES,
+    REPLAY_STATUSES,
+    BadValue,
+    check_choice,
+    parse_when,
+)
 from schemas.records import EventRecord
+from app.store.rejections import RejectionFilter
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -122,17 +131,24 @@ def _model_json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _number(params: Mapping[str, Any], name: str) -> float | None:
+def _when(params: Mapping[str, Any], name: str, now: float) -> float | None:
+    """A time filter as the CLI reads it: unix seconds, ISO 8601, or an age such as `2h`."""
     value = params.get(name)
     if value is None:
         return None
+    if not isinstance(value, str | int | float):
+        raise BadRequest(f"{name} must be unix seconds, an ISO 8601 time or an age such as 2h")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise BadRequest(f"{name} must be a unix timestamp in seconds")
-    return number
+        return parse_when(value, now)
+    except BadValue as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+
+
+def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    try:
+        return check_choice(name, value, allowed)
+    except BadValue as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _whole(raw: str) -> int | None:
@@ -147,7 +163,9 @@ def _limit(params: Any) -> int:
     return limit
 
 
-def event_filter(params: Mapping[str, Any], searchable: bool = True) -> EventFilter:
+def event_filter(
+    params: Mapping[str, Any], now: float, searchable: bool = True
+) -> EventFilter:
     """The event filters of a query string; `q` only where a search is offered."""
     q = params.get("q") if searchable else None
     if q is not None and not 1 <= len(q) <= MAX_Q:
@@ -155,11 +173,11 @@ def event_filter(params: Mapping[str, Any], searchable: bool = True) -> EventFil
     return EventFilter(
         source=params.get("source"),
         type=params.get("type"),
-        status=params.get("status"),
+        status=_choice("status", params.get("status"), EVENT_STATUSES),
         job_id=params.get("job_id"),
         file_id=params.get("file_id"),
-        since=_number(params, "since"),
-        until=_number(params, "until"),
+        since=_when(params, "since", now),
+        until=_when(params, "until", now),
         q=q,
     )
 
@@ -169,7 +187,7 @@ async def list_events(request: Request) -> Response:
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
     params = request.query_params
-    filters = event_filter(params)
+    filters = event_filter(params, runtime.clock.now())
     try:
         page = await runtime.store.list_events(filters, _limit(params), params.get("cursor"))
     except ValueError:
@@ -224,7 +242,7 @@ async def live_tail(request: Request) -> Response:
     """Server-sent events of new events and delivery outcomes, with the event filters."""
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
-    filters = event_filter(request.query_params, searchable=False)
+    filters = event_filter(request.query_params, runtime.clock.now(), searchable=False)
     start = await stream.start_of(request, runtime.store)
     server = runtime.settings.server
     tails: stream.Tails = request.app.state.tails
@@ -261,11 +279,17 @@ def _deep_record_json(record: EventRecord) -> str:
 async def json_body(request: Request) -> dict[str, Any]:
     """The JSON object a state-changing endpoint was sent ({} for an empty body).
 
-    The body must be declared `application/json` (415 otherwise), even when empty: a web page
-    can send any other type cross-site without a CORS preflight (see app.web_guard)."""
-    if not is_json(request.headers.get("content-type")):
-        raise UnsupportedMediaType()
+    The body must be declared `application/json` (415 otherwise), even when empty, while the
+    API is open: a web page can send any other type cross-site without a CORS preflight (see
+    app.web_guard). With tokens configured the caller has shown one, which no page can forge,
+    so an empty body may come without a type (`curl -X POST -H "Authorization: ..."`)."""
     body = await request.body()
+    declared = request.headers.get("content-type")
+    tokens = request.app.state.runtime.settings.api.tokens
+    if declared is None and tokens and not body.strip():
+        return {}
+    if not is_json_media_type(declared or ""):
+        raise UnsupportedMediaType()
     if not body.strip():
         return {}
     try:
@@ -313,10 +337,12 @@ async def replay_many(request: Request) -> Response:
     require_scope(request, "admin")
     runtime: Runtime = request.app.state.runtime
     body = await json_body(request)
+    now = runtime.clock.now()
     selection = replay.ReplayFilter(
         source=_str_or_none(body, "source"), type=_str_or_none(body, "type"),
-        status=_str_or_none(body, "status"), since=_number(body, "since"),
-        until=_number(body, "until"), handler=_str_or_none(body, "handler"),
+        status=_choice("status", _str_or_none(body, "status"), REPLAY_STATUSES),
+        since=_when(body, "since", now), until=_when(body, "until", now),
+        handler=_str_or_none(body, "handler"),
     )
     if not selection.narrowed():
         raise BadRequest("name at least one filter: source, type, status, since or until")
@@ -372,8 +398,9 @@ async def list_deliveries(request: Request) -> Response:
     params = request.query_params
     try:
         page = await runtime.store.list_deliveries(
-            params.get("status"), params.get("handler"), _limit(params), params.get("cursor"),
-            params.get("type"), _number(params, "since"),
+            _choice("status", params.get("status"), DELIVERY_STATUSES), params.get("handler"),
+            _limit(params), params.get("cursor"), params.get("type"),
+            _when(params, "since", runtime.clock.now()),
         )
     except ValueError:
         raise BadRequest("invalid cursor") from None
@@ -389,3 +416,30 @@ async def get_entity(request: Request) -> Response:
     if answer is None:
         raise NotFound(f"no events of that {kind}")
     return JSONResponse(answer)
+
+
+async def list_rejections(request: Request) -> Response:
+    """Refused webhook requests newest first; filters `source`, `code`, `since`, `until`."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    now = runtime.clock.now()
+    filters = RejectionFilter(
+        source=params.get("source"), code=params.get("code"),
+        since=_when(params, "since", now), until=_when(params, "until", now),
+    )
+    try:
+        page = await runtime.store.list_rejections(filters, _limit(params), params.get("cursor"))
+    except ValueError:
+        raise BadRequest("invalid cursor") from None
+    return _model_json(page)
+
+
+async def get_rejection(request: Request) -> Response:
+    """One refused request with its field errors, headers (less secrets) and kept body."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    record = await runtime.store.get_rejection(request.path_params["rejection_id"])
+    if record is None:
+        raise NotFound("no such rejection")
+    return _model_json(record)

@@ -296,16 +296,37 @@ def is_secret_header(name: str) -> bool:
     return lowered in SECRET_HEADERS or _SECRET_NAME.search(lowered) is not None
 
 
+# Names hookline gives its own annotations of a stored event (`x-hookline-recorded` marks an
+# event it recorded itself): a sender's header of that name is never stored.
+_RESERVED_PREFIXES = ("x-hookline-", "hookline-")
+
+
+def dropped_headers(
+    auth: AuthSettings, secret: frozenset[str] = SECRET_HEADERS, extra: Iterable[str] = (),
+) -> frozenset[str]:
+    """The lower-case header names never stored with a source's events, besides every name that
+    looks like a credential: `secret` (for instance every source's token header: a sender that
+    presents another source's token by mistake must not have it stored), the source's own auth
+    header and the names its config adds (`extra`). Computed once per source."""
+    names = set(secret) | {name.lower() for name in extra}
+    if auth.header:
+        names.add(auth.header.lower())
+    return frozenset(names)
+
+
+def strip_headers(headers: Mapping[str, str], drop: frozenset[str]) -> dict[str, str]:
+    """The headers worth keeping with an event (ASGI header names, lower case): never those in
+    `drop`, nor signatures, tokens, cookies or anything named like them, nor hookline's own."""
+    return {name: value for name, value in headers.items()
+            if name not in drop and not is_secret_header(name)
+            and not name.startswith(_RESERVED_PREFIXES)}
+
+
 def strip_secret_headers(
     headers: Mapping[str, str], auth: AuthSettings, secret: frozenset[str] = SECRET_HEADERS,
     extra: Iterable[str] = (),
 ) -> dict[str, str]:
-    """The headers worth keeping with an event: never signatures, tokens, cookies or anything
-    named like them. `secret` may name more, such as every source's token header: a sender that
-    presents another source's token by mistake must not have it stored; `extra` holds the
-    lower-case names a source's config adds."""
-    drop = secret | {auth.header.lower()} if auth.header else secret
-    if extra:
-        drop = drop | set(extra)
+    """`strip_headers` with the names `dropped_headers` gives, for headers of any case."""
+    drop = dropped_headers(auth, secret, extra)
     return {name: value for name, value in headers.items()
-            if name.lower() not in drop and not is_secret_header(name)}
+            if strip_headers({name.lower(): value}, drop)}

@@ -85,12 +85,17 @@ class ServerSettings(_Model):
 
     @property
     def on_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening host is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class StorageSettings(_Model):
@@ -213,6 +218,26 @@ class WorkerConfig(_Model):
     lease_margin_seconds: float = Field(default=60, gt=0)
 
 
+class RejectionSettings(_Model):
+    """`[rejections]`: the log of refused webhook requests, bounded in rows, age and rate."""
+
+    enabled: bool = True
+    retention_days: float = Field(default=7, gt=0)
+    max_rows: int = Field(default=100_000, ge=1, description="oldest deleted first past this")
+    body_max_bytes: int = Field(
+        default=64 * 1024, ge=0,
+        description="of an authenticated request's body kept; the rest is cut, marked truncated")
+    flood_per_minute: int = Field(
+        default=100, ge=1, description="rejections of one source in a minute kept in full")
+    sample_one_in: int = Field(
+        default=10, ge=1, description="past flood_per_minute, keep one rejection in this many")
+    buffer_rows: int = Field(
+        default=1000, ge=1, description="rejections waiting in memory for the next write")
+    buffer_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=0, description="of kept bodies waiting in memory")
+    flush_seconds: float = Field(default=5, gt=0, description="how often waiting rows are written")
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     worker: WorkerConfig = WorkerConfig()
@@ -222,23 +247,45 @@ class Settings(_Model):
     routes: list[RouteSettings] = []
     handlers: dict[str, HandlerSettings] = {}
     retention_days: float = Field(default=30, gt=0)
+    rejections: RejectionSettings = RejectionSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        for name, source in self.sources.items():
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ValueError(f"source name {name!r} may hold only letters, digits, _ and -")
-            if source.auth.scheme == "none" and not self.server.on_loopback:
-                raise ValueError(
-                    f"sources.{name}.auth.scheme: 'none' is allowed only on a loopback host,"
-                    f" and server.host is {self.server.host!r}"
-                )
-        for index, route in enumerate(self.routes):
-            if route.handler not in self.handlers:
-                raise ValueError(f"routes[{index}] names handler {route.handler!r}, not defined")
-            if route.source is not None and route.source not in self.sources:
-                raise ValueError(f"routes[{index}] names source {route.source!r}, not defined")
+        problems = consistency_problems(self.model_dump())
+        if problems:
+            raise ValueError(problems[0])
         return self
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def consistency_problems(data: Mapping[str, Any]) -> list[str]:
+    """The checks across sections (source names, unsigned sources off loopback, routes naming
+    undefined handlers or sources) over a config mapping, whatever else is wrong in it."""
+    problems: list[str] = []
+    host = _table(data, "server").get("host", ServerSettings().host)
+    sources = _table(data, "sources")
+    for name, source in sources.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            problems.append(f"source name {name!r} may hold only letters, digits, _ and -")
+        scheme = _table(source, "auth").get("scheme") if isinstance(source, Mapping) else None
+        if scheme == "none" and isinstance(host, str) and not is_loopback(host):
+            problems.append(f"sources.{name}.auth.scheme: 'none' is allowed only on a loopback"
+                            f" host, and server.host is {host!r}")
+    handlers = _table(data, "handlers")
+    routes = data.get("routes")
+    for index, route in enumerate(routes if isinstance(routes, list) else []):
+        if not isinstance(route, Mapping):
+            continue
+        handler, source = route.get("handler"), route.get("source")
+        if isinstance(handler, str) and handler not in handlers:
+            problems.append(f"routes[{index}] names handler {handler!r}, not defined")
+        if isinstance(source, str) and source not in sources:
+            problems.append(f"routes[{index}] names source {source!r}, not defined")
+    return problems
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
@@ -365,11 +412,14 @@ def _parse_scalar(value: str) -> Any:
 
 
 def _resolve_env(
-    node: Any, path: tuple[str | int, ...], environ: Mapping[str, str], problems: list[str]
+    node: Any, path: tuple[str | int, ...], environ: Mapping[str, str], problems: list[str],
+    stand_in: bool = False,
 ) -> Any:
-    """Replace every `<name>_env = "VAR"` by `<name> = <value of VAR>`, recursively."""
+    """Replace every `<name>_env = "VAR"` by `<name> = <value of VAR>`, recursively; with
+    `stand_in`, an unset VAR gets a well-formed stand-in value instead of being a problem."""
     if isinstance(node, list):
-        return [_resolve_env(item, (*path, i), environ, problems) for i, item in enumerate(node)]
+        return [_resolve_env(item, (*path, i), environ, problems, stand_in)
+                for i, item in enumerate(node)]
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
@@ -382,14 +432,80 @@ def _resolve_env(
             elif target in node:
                 problems.append(f"{where}: give either {target} or {key}, not both")
             elif value not in environ:
-                problems.append(f"{where}: environment variable {value} is not set")
+                # A stand-in lets the rest be checked; the missing variable is the problem.
+                out[target] = _stand_in(path, target)
+                if not stand_in:
+                    problems.append(f"{where}: environment variable {value} is not set")
             elif target == "secrets":
                 out[target] = [part.strip() for part in environ[value].split(",") if part.strip()]
             else:
                 out[target] = environ[value]
             continue
-        out[key] = _resolve_env(value, (*path, key), environ, problems)
+        out[key] = _resolve_env(value, (*path, key), environ, problems, stand_in)
     return out
+
+
+# What stands for an unset variable, so the rest of the file can be checked: valid as a
+# Standard Webhooks secret, an HMAC secret or a token, a storage URL or an outbound URL.
+_STAND_IN_SECRET = "whsec_" + base64.b64encode(bytes(24)).decode()
+
+
+def _stand_in(path: tuple[str | int, ...], target: str) -> Any:
+    if target == "secrets":
+        return [_STAND_IN_SECRET]
+    if path == ("storage",) and target == "url":
+        return "postgresql://stand-in/hookline"
+    if target.endswith("url"):
+        return "https://stand-in.invalid/"
+    return _STAND_IN_SECRET
+
+
+def config_problems(
+    path: str | Path, environ: Mapping[str, str] | None = None, no_env: bool = False
+) -> list[str]:
+    """Every problem of a config file in one pass, ordered by key path: environment problems,
+    schema errors, checks across sections and handler options together. With `no_env`, unset
+    `*_env` variables are not problems (the file's secrets come from the environment at run
+    time); everything else is still checked."""
+    from handlers.registry import HandlerLoadError, load_handlers
+
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{path}: no such file"]
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return [f"{path}: not valid TOML ({exc})"]
+    problems: list[str] = []
+    data = _apply_overrides(raw, environ, problems)
+    data = _resolve_env(data, (), environ, problems, stand_in=no_env)
+    try:
+        Settings.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe(error) for error in exc.errors())
+    problems.extend(f"config: {p}" if not _LOCATED.match(p) else p
+                    for p in consistency_problems(data))
+    usable = {}
+    for name, entry in _table(data, "handlers").items():
+        # A handler with a bad retry setting still has its `use` and options checked.
+        loadable = {k: v for k, v in entry.items() if k in ("use", "options")} \
+            if isinstance(entry, Mapping) else entry
+        try:
+            usable[name] = HandlerSettings.model_validate(loadable)
+        except ValidationError:
+            continue  # reported above, with its key path
+    try:
+        load_handlers(usable)
+    except HandlerLoadError as exc:
+        problems.extend(problem.replace(": Value error, ", ": ", 1) for problem in exc.problems)
+    return sorted(dict.fromkeys(problems), key=_path_order)
+
+
+def _path_order(problem: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of a problem by its key path, with list indexes in numeric order."""
+    where = problem.removeprefix("config: ").split(": ", 1)[0]
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.findall(r"\d+|\D+", where))
 
 
 _LOCATED = re.compile(r"[A-Za-z_][\w.\[\]-]*: ")

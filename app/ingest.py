@@ -14,7 +14,6 @@ import math
 import operator
 import re
 import time
-from functools import lru_cache
 from itertools import accumulate, count
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,7 +34,9 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.ids import new_id
+from app.media import is_json_media_type
 from app.intake import Reservation
+from app.rejections import BODY_KEY
 from app.routing import handlers_for
 from app.runtime import Runtime
 from app.tally import UNKNOWN_SOURCE
@@ -55,6 +56,7 @@ class WebhookEndpoint:
             status, answer = await receive_webhook(scope, receive)
         except Exception as exc:
             _count_rejection(runtime, scope["path_params"]["source"], exc)
+            runtime.rejections.record(scope, exc, runtime.clock.now())
             raise
         finally:
             runtime.metrics.ingest_seconds.observe(time.perf_counter() - started)
@@ -82,8 +84,7 @@ async def receive_webhook(scope: Scope, receive: Receive) -> tuple[int, dict[str
     if runtime.intake.full:  # shed load before reading, verifying and parsing the body
         raise runtime.intake.unavailable()
     kept, kept_size = cap_headers(
-        auth.strip_secret_headers(
-            headers, source.auth, runtime.secret_headers, source.secret_headers),
+        auth.strip_headers(headers, runtime.dropped_headers[name]),
         runtime.settings.server.max_stored_header_bytes)
     # The headers to store and the body's bytes are held in the intake's byte budget, the body
     # as it is read, until the answer: past the budget, a request is refused before its body is
@@ -118,6 +119,7 @@ async def _accept(
     wait = runtime.rate_limiter.check(name, runtime.clock.monotonic())
     if wait > 0:
         raise RateLimited(headers={"Retry-After": _seconds(wait)})
+    scope["state"][BODY_KEY] = body  # a refusal from here on is logged with the body
 
     payload = _parse_json(body)
     try:
@@ -199,27 +201,6 @@ async def _send_json(send: Send, status: int, answer: dict[str, Any]) -> None:
                     (b"content-length", str(len(body)).encode())],
     })
     await send({"type": "http.response.body", "body": body})
-
-
-# RFC 9110 section 8.3.1: media-type = type "/" subtype parameters, each part a token, and a
-# parameter's value a token or a quoted string. Anything else (a list, a space inside the type,
-# a stray character) is not one media type, whatever it ends with.
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QUOTED = r'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-_MEDIA_TYPE = re.compile(
-    rf"[ \t]*({_TOKEN})/({_TOKEN})(?:[ \t]*;[ \t]*(?:{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?)*[ \t]*"
-)
-
-
-@lru_cache(maxsize=64)  # senders repeat one value: the parse is paid once per distinct value
-def is_json_media_type(value: str) -> bool:
-    """Whether a Content-Type value is one `application/json` or `application/<x>+json` media
-    type, parameters allowed."""
-    match = _MEDIA_TYPE.fullmatch(value)
-    if match is None or match[1].lower() != "application":
-        return False
-    subtype = match[2].lower()
-    return subtype == "json" or (subtype.endswith("+json") and len(subtype) > len("+json"))
 
 
 def _check_content_type(value: str) -> None:
@@ -331,7 +312,9 @@ def _has_surrogate(text: str) -> bool:
 # Deeper payloads are refused before parsing: the parser, and every later reader of the stored
 # payload (the read API, handlers, the dashboard), recurse once per level.
 MAX_JSON_DEPTH = 64
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# The closing quote is optional, so a match never fails: an unterminated string (a body with a
+# run of escaped quotes and no end) is one linear match, not a scan from every quote in it.
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', re.DOTALL)
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 # An opening bracket steps 2, a closing one 0: after i brackets the running sum less i is the
 # depth, computed by C-level iterators rather than a Python loop per bracket.

@@ -76,6 +76,8 @@ RECEIVER_ROUTES = [
     Route("/api/files/{file_id}", api.get_entity, methods=["GET"]),
     Route("/api/stats", api.get_stats, methods=["GET"]),
     Route("/api/stream", api.live_tail, methods=["GET"]),
+    Route("/api/rejections", api.list_rejections, methods=["GET"]),
+    Route("/api/rejections/{rejection_id}", api.get_rejection, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     Route("/", dashboard.index, methods=["GET"]),
     Mount("/static", app=dashboard.assets(), name="static"),
@@ -136,8 +138,10 @@ async def _start_components(
     maintenance = Maintenance(
         runtime.store, runtime.clock, runtime.worker, settings.retention_days,
         settings.sources, runtime.recorder, runtime.tally if receiver else None,
+        runtime.rejections if receiver else None,
     )
     stack.push_async_callback(maintenance.flush_counts)
+    stack.push_async_callback(maintenance.flush_rejections)
     if worker is not None or receiver:
         ticks = start_scheduler(
             maintenance, worker_ticks=worker is not None,
@@ -153,9 +157,17 @@ async def _open_then_start(
     await _start_components(runtime, settings, role, stack)
 
 
+def _report(task: asyncio.Task[None]) -> None:
+    # Nothing awaits the task while the server runs: a failure would otherwise go unseen, and
+    # the process would answer 503 with no worker for good.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("starting after the store opened failed; the process serves 503 until it is "
+                  "restarted", exc_info=task.exception())
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # an error was logged already
         await task
 
 
@@ -198,6 +210,7 @@ def create_app(
                 log.warning("store unreachable at start: %s; serving 503 until it opens", exc)
                 opening = asyncio.create_task(
                     _open_then_start(runtime, settings, role, stack), name="open store")
+                opening.add_done_callback(_report)
                 stack.push_async_callback(_cancel, opening)
             else:
                 await _start_components(runtime, settings, role, stack)

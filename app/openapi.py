@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.store.rejections import RejectionPage, RejectionRecord
 from schemas.records import DeliveryPage, EventPage, EventRecord
 
 _STRING = {"type": "string"}
@@ -128,6 +129,15 @@ def _paths() -> dict[str, Any]:
             [_query("window", {"type": "integer", "minimum": 60, "maximum": 604800,
                                "default": 3600})],
             _answer({"type": "object"}, 400))},
+        "/api/rejections": {"get": _operation(
+            "Refused webhook requests, newest first (without details, headers or bodies)",
+            [_query("source", _STRING, "a source's name, or the name an unknown one was sent to"),
+             _query("code", _STRING, "the error code, e.g. schema_invalid"),
+             _query("since", _TIME), _query("until", _TIME), *_PAGE],
+            _answer(_ref(RejectionPage), 400))},
+        "/api/rejections/{rejection_id}": {"get": _operation(
+            "One refused request with its field errors, headers (less secrets) and kept body",
+            [_path("rejection_id")], _answer(_ref(RejectionRecord), 404))},
         "/api/stream": {"get": _operation(
             "Live tail: server-sent events `event` and `delivery`; resume with Last-Event-ID",
             [*_EVENT_FILTERS, {"name": "last-event-id", "in": "header", "required": False,
@@ -143,7 +153,7 @@ def _components() -> dict[str, Any]:
             "properties": {"code": _STRING, "message": _STRING,
                            "details": {"type": "array"}}}}},
     }
-    for model in (EventPage, EventRecord, DeliveryPage):
+    for model in (EventPage, EventRecord, DeliveryPage, RejectionPage, RejectionRecord):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}",
                                          mode="serialization")
         schemas.update(schema.pop("$defs", {}))

@@ -12,13 +12,14 @@ from typing import Literal
 
 import httpx
 
-from app.auth import credential_headers
+from app.auth import credential_headers, dropped_headers
 from app.clock import Clock
 from app.config import Settings
 from app.errors import ConfigError
 from app.intake import Intake
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter
+from app.rejections import RejectionLog
 from app.routing import Route, compile_routes
 from app.store import Store
 from app.store.base import Finished
@@ -62,6 +63,8 @@ class Runtime:
     changes: Changes = field(init=False, default_factory=Changes)
     stats: StatsCache = field(init=False)
     secret_headers: frozenset[str] = field(init=False)
+    dropped_headers: dict[str, frozenset[str]] = field(init=False)
+    rejections: RejectionLog = field(init=False)
 
     def __post_init__(self) -> None:
         server = self.settings.server
@@ -75,6 +78,12 @@ class Runtime:
         )
         self.routes = compile_routes(self.settings.routes)
         self.secret_headers = credential_headers(s.auth for s in self.settings.sources.values())
+        self.dropped_headers = {
+            name: dropped_headers(source.auth, self.secret_headers, source.secret_headers)
+            for name, source in self.settings.sources.items()
+        }
+        self.rejections = RejectionLog(
+            self.settings.rejections, self.settings.sources, self.secret_headers)
         try:
             self.handlers = load_handlers(self.settings.handlers)
         except HandlerLoadError as exc:

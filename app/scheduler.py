@@ -16,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from app import lifecycle
 from app.clock import Clock
 from app.config import SourceSettings
+from app.rejections import RejectionLog
 from app.store import Store, StoreError
 from app.store.base import LatestEvent
 from app.tally import Tally
@@ -37,6 +38,7 @@ class Maintenance:
     sources: Mapping[str, SourceSettings] | None = None
     recorder: Recorder | None = None
     tally: Tally | None = None
+    rejections: RejectionLog | None = None
 
     async def sweep(self) -> int:
         """Make expired leases claimable again, wake the worker and run the status polls that
@@ -53,6 +55,17 @@ class Maintenance:
             await self.worker.run_polls_once()
         return reaped
 
+    async def statistics(self) -> int:
+        """Keep the store's planner statistics fresh (one process at a time)."""
+        try:
+            analysed = await self.store.refresh_statistics()
+        except StoreError as exc:
+            log.warning("statistics skipped: %s", exc)
+            return 0
+        if analysed:
+            log.info("statistics refreshed", extra={"fields": {"tables": analysed}})
+        return len(analysed)
+
     async def flush_counts(self) -> int:
         """Add this receiver's counts of duplicates and rejections to the store."""
         if self.tally is None:
@@ -62,6 +75,33 @@ class Maintenance:
         except StoreError as exc:
             log.warning("ingest counts kept for later: %s", exc)
             return 0
+
+    async def flush_rejections(self) -> int:
+        """Write this receiver's waiting rejections; after a write, trim the log to its cap
+        (it is only over the cap when rows were added)."""
+        if self.rejections is None:
+            return 0
+        try:
+            written = await self.rejections.flush(self.store)
+            if written:
+                await self.rejections.prune(self.store, self.clock.now())
+        except StoreError as exc:
+            log.warning("rejections kept for later: %s", exc)
+            return 0
+        return written
+
+    async def prune_rejections(self) -> int:
+        """Delete rejections past their retention (and any past the row cap)."""
+        if self.rejections is None:
+            return 0
+        try:
+            pruned = await self.rejections.prune(self.store, self.clock.now())
+        except StoreError as exc:
+            log.warning("rejections prune skipped: %s", exc)
+            return 0
+        if pruned:
+            log.info("pruned %d rejections", pruned)
+        return pruned
 
     async def prune(self) -> int:
         """Delete events older than the retention, with their deliveries and attempts."""
@@ -134,18 +174,27 @@ def start_scheduler(
     maintenance: Maintenance, sweep_seconds: float = 5.0, prune_seconds: float = 3600.0,
     stall_seconds: float = 60.0, counts_seconds: float = 5.0, worker_ticks: bool = True,
 ) -> AsyncIOScheduler:
-    """The ticks of one process: the counts flush wherever requests are received (a tally is
-    given), the dispatch upkeep wherever a worker runs (`worker_ticks`)."""
+    """The ticks of one process: the counts and rejections flush wherever requests are
+    received (a tally and a rejections log are given), the dispatch upkeep wherever a worker
+    runs (`worker_ticks`)."""
     scheduler = AsyncIOScheduler()
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
     store = maintenance.store
     if maintenance.tally is not None:
         scheduler.add_job(maintenance.flush_counts, "interval", seconds=counts_seconds,
                           id="counts", **common)
+    if maintenance.rejections is not None:
+        scheduler.add_job(maintenance.flush_rejections, "interval",
+                          seconds=maintenance.rejections.settings.flush_seconds,
+                          id="rejections", **common)
+        scheduler.add_job(_singleton(store, "rejections-prune", maintenance.prune_rejections),
+                          "interval", seconds=prune_seconds, id="rejections-prune", **common)
     if worker_ticks:
         # The sweep only reaps leases and wakes this process's worker: every worker runs it.
         scheduler.add_job(maintenance.sweep, "interval", seconds=sweep_seconds, id="sweep",
                           **common)
+        scheduler.add_job(_singleton(store, "statistics", maintenance.statistics), "interval",
+                          seconds=sweep_seconds, id="statistics", **common)
         scheduler.add_job(_singleton(store, "prune", maintenance.prune), "interval",
                           seconds=prune_seconds, id="prune", **common)
         scheduler.add_job(_singleton(store, "stalls", maintenance.stalls), "interval",

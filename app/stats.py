@@ -34,12 +34,14 @@ def shape(rows: StatsRows, since: float, until: float, extra: list[IngestCount])
     window = (int(since // 60), int(until // 60))
     ingest: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    rejected_by_source: defaultdict[str, Counter[str]] = defaultdict(Counter)
     per_minute = {m: dict.fromkeys(OUTCOMES, 0) for m in range(first, first + HISTOGRAM_MINUTES)}
     for count in [*rows.counts, *extra]:
         if window[0] <= count.minute <= window[1]:
             ingest[count.outcome] += count.count
             if count.outcome == "rejected":
                 reasons[count.reason] += count.count
+                rejected_by_source[count.source][count.reason] += count.count
         if count.minute in per_minute:
             per_minute[count.minute][count.outcome] += count.count
     for minute, n in rows.accepted_per_minute.items():
@@ -67,6 +69,8 @@ def shape(rows: StatsRows, since: float, until: float, extra: list[IngestCount])
             "duplicate": ingest["duplicate"],
             "rejected": ingest["rejected"],
             "rejected_by_reason": dict(reasons.most_common()),
+            "rejected_by_source": {source: dict(codes.most_common())
+                                   for source, codes in sorted(rejected_by_source.items())},
         },
         "deliveries": {"by_handler": dict(handlers), "dead": rows.dead},
         "per_minute": [{"minute": m * 60, **counts} for m, counts in per_minute.items()],

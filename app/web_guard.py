@@ -67,13 +67,6 @@ def is_loopback_origin(origin: str) -> bool:
     return is_loopback_host(parts.netloc)
 
 
-def is_json(content_type: str | None) -> bool:
-    """True when a Content-Type header names application/json (parameters allowed)."""
-    if content_type is None:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() == "application/json"
-
-
 def refusal(path: str, headers: Headers, open_api: bool) -> HooklineError | None:
     """Why a request must not be served, or None."""
     if not open_api or path.startswith(UNGUARDED):

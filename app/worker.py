@@ -2,8 +2,10 @@
 
 Each claimed delivery runs in its own task under its handler's timeout and concurrency limit;
 whatever it does (returns, raises, hangs) becomes one attempt whose outcome goes through the
-pure retry decision and is recorded in batches (one transaction for many outcomes). A handler's
-failure never reaches another delivery. On stop the worker claims nothing more, lets in-flight
+pure retry decision and is recorded in batches (one transaction for many outcomes). A delivery's
+slot is free once its outcome is queued, so the next claim overlaps the commit of the last batch
+(up to `concurrency` outcomes may wait for it that way). A handler's failure never reaches
+another delivery. On stop the worker claims nothing more, lets in-flight
 handlers finish within a grace period and gives back the leases of the rest, so nothing waits
 for a lease to expire.
 """
@@ -152,6 +154,7 @@ class Worker:
         self._claim_low_water = max(1, min(self.settings.claim_batch,
                                            self.settings.concurrency) // 4)
         self._inflight: dict[asyncio.Task[None], Claim] = {}
+        self._recording: set[asyncio.Future[bool]] = set()  # outcomes queued, not committed
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -199,6 +202,8 @@ class Worker:
         tasks = [self._spawn(claim) for claim in claims]
         if tasks:
             await asyncio.wait(tasks)
+        if self._recording:
+            await asyncio.wait(set(self._recording))
         if started:
             await self._outcomes.stop()
         return len(claims)
@@ -212,7 +217,7 @@ class Worker:
         failures = 0
         while not self._stopping:
             self._wake.clear()
-            room = min(self.settings.concurrency - len(self._inflight), self.settings.claim_batch)
+            room = min(self._room(), self.settings.claim_batch)
             free = {name: cap - self._held[name] for name, cap in self._caps.items()
                     if self._held[name] < cap}
             # Claim in chunks: a claim is a transaction, so claiming each freed slot on its own
@@ -235,6 +240,12 @@ class Worker:
             if claims and len(claims) == limit:
                 continue  # there may be more due
             await self._idle(await self._until_next_due(claimed_at))
+
+    def _room(self) -> int:
+        """Slots free for a claim: running deliveries hold theirs, and so do outcomes waiting
+        for their commit beyond the first `concurrency` of them."""
+        waiting = max(0, len(self._recording) - self.settings.concurrency)
+        return self.settings.concurrency - len(self._inflight) - waiting
 
     async def _until_next_due(self, claimed_at: float) -> float:
         """Seconds until something may be claimable, after a claim at `claimed_at` took all it
@@ -304,13 +315,27 @@ class Worker:
             next_attempt_at=decision.next_attempt_at, error=error,
             http_status=result.http_status,
         )
+        # The slot is free once the outcome is queued: the next claim overlaps this batch's
+        # commit. Up to `concurrency` outcomes may wait for theirs that way (see _room).
         try:
-            await self._outcomes.submit(finished)
+            recorded = self._outcomes.submit_nowait(finished)
         except Exception as exc:  # the lease will expire and the delivery run again
             log.error("outcome of %s not recorded: %s", claim.delivery_id, exc)
             return
+        self._recording.add(recorded)
+        recorded.add_done_callback(
+            lambda done: self._recorded(done, claim.handler, finished, seconds))
+
+    def _recorded(self, done: asyncio.Future[bool], handler: str, finished: Finished,
+                  seconds: float) -> None:
+        self._recording.discard(done)
+        self._wake.set()
+        if done.cancelled() or done.exception() is not None:
+            log.error("outcome of %s not recorded: %s", finished.delivery_id,
+                      "cancelled" if done.cancelled() else done.exception())
+            return
         if self.on_finished is not None:
-            self.on_finished(claim.handler, finished, seconds)
+            self.on_finished(handler, finished, seconds)
 
     # Status polls of upstream work.
 

@@ -15,6 +15,11 @@ same handler called in a plain loop with the worker's concurrency, in a process 
 the handler and the reporting can do at most).
 
     python bench/dispatch.py [--rate 1000] [--seconds 10] [--events 20000]
+
+With `--postgres URL`, the latency run (1.) is made against a fresh schema of that PostgreSQL
+server instead, beside the same no-op baseline, and checked against the same targets.
+
+    python bench/dispatch.py --postgres postgresql://postgres@127.0.0.1:5432/test
 """
 
 from __future__ import annotations
@@ -148,13 +153,15 @@ async def post_at_rate(url: str, total: int, rate: float | None, offset: int) ->
     return accepted
 
 
-async def latency_run(work: Path, rate: float, seconds: float) -> tuple[list[float], int, float]:
+async def latency_run(
+    work: Path, rate: float, seconds: float, storage: str | None = None
+) -> tuple[list[float], int, float]:
     """Handler latencies, events accepted, and the rate they were posted at."""
     loop = asyncio.get_running_loop()
     udp_port = free_port()
     transport, reports = await loop.create_datagram_endpoint(
         Reports, local_addr=("127.0.0.1", udp_port))
-    config = write_config(work, udp_port)
+    config = write_config(work, udp_port, storage)
     port = free_port()
     env = {"PYTHONPATH": str(Path(__file__).parent)}
     cmd = [python(), "-m", "app.cli", "serve", "--config", str(config), "--port", str(port)]
@@ -388,12 +395,52 @@ def report(result: DispatchRun) -> None:
           "deliveries/s, the handler called in a plain loop")
 
 
+async def _admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def postgres_latency(url: str, rate: float, seconds: float) -> None:
+    """The latency run on a fresh schema of `url`, beside the no-op baseline."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    schema = f"t_bench_{os.urandom(4).hex()}"
+    asyncio.run(_admin(url, f"CREATE SCHEMA {schema}"))
+    try:
+        storage = f"{url.split('?')[0]}?search_path={schema}"
+        latencies, accepted, posted = asyncio.run(latency_run(scratch(), rate, seconds, storage))
+    finally:
+        asyncio.run(_admin(url, f"DROP SCHEMA {schema} CASCADE"))
+    base, base_accepted, base_posted = asyncio.run(baseline_latency(rate, seconds))
+    ms, base_ms = [v * 1000 for v in latencies], [v * 1000 for v in base]
+    p50, p99 = percentile(ms, 0.5), percentile(ms, 0.99)
+    print(f"dispatch on postgres: {accepted} events at {rate:.0f}/s for {seconds:.0f} s "
+          f"(posted at {posted:.0f}/s; baseline {base_posted:.0f}/s)")
+    print_table([
+        ("figure", "measured", "target", "baseline", "verdict"),
+        ("received -> handler p50", f"{p50:.1f} ms", f"<= {MAX_P50_MS:g} ms",
+         f"{percentile(base_ms, 0.5):.1f} ms", verdict(p50 <= MAX_P50_MS)),
+        ("received -> handler p99", f"{p99:.1f} ms", f"<= {MAX_P99_MS:g} ms",
+         f"{percentile(base_ms, 0.99):.1f} ms", verdict(p99 <= MAX_P99_MS)),
+        ("handler calls seen", f"{len(ms)}/{accepted}", "all",
+         f"{len(base_ms)}/{base_accepted}", verdict(len(ms) >= accepted)),
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--postgres", metavar="URL", help="measure latency on this server")
     args = parser.parse_args()
+    if args.postgres:
+        postgres_latency(args.postgres, args.rate, args.seconds)
+        return
     report(run(args.rate, args.seconds, args.events))
 
 

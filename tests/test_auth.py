@@ -19,6 +19,8 @@ from app.auth import (
     redact_query,
     redact_url,
     sign,
+    dropped_headers,
+    strip_headers,
     strip_secret_headers,
     verify,
 )
@@ -518,3 +520,11 @@ def test_a_source_may_name_more_secret_headers() -> None:
     assert strip_secret_headers(headers, QUERY) == headers
     kept = strip_secret_headers(headers, QUERY, extra=("x-partner-key",))
     assert kept == {"x-trace": "t", "content-type": "application/json"}
+
+
+def test_a_sender_cannot_store_headers_hookline_uses_for_its_own_events() -> None:
+    # `x-hookline-recorded: 1` marks an event hookline recorded itself (a polled outcome); a
+    # sender's copy would let its event jump the lifecycle's order and hide as an anomaly.
+    headers = {"x-hookline-recorded": "1", "hookline-dropped-headers": "x", "user-agent": "u"}
+    assert strip_secret_headers(headers, QUERY) == {"user-agent": "u"}
+    assert strip_headers(headers, dropped_headers(QUERY)) == {"user-agent": "u"}

@@ -318,3 +318,275 @@ auth = {{ scheme = "header_token", header = "x-hook-token", secrets_env = "FC_TO
                           "/webhooks/fc?access_token=REDACTED: LocalProtocolError calling"
                           " 127.0.0.1\n")
     assert secret not in run.stdout + run.stderr
+
+
+LONG_TYPES = ["alfred.job.exceeded_retries", "alfred.file.extracted_data_create"]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_tables_fit_the_terminal_with_whole_ids_and_types(tmp_path: Path, columns: int) -> None:
+    config, ids = _seed_types(tmp_path, LONG_TYPES)
+    env = {**os.environ, "COLUMNS": str(columns)}
+    listed = hookline("events", "list", "--config", str(config), cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    # Before: at 80 columns only `received` and `id`, at 120 the type cut to `alfred.job.…`.
+    for text in (*ids, *LONG_TYPES):
+        assert text in listed.stdout
+    assert max(len(line) for line in listed.stdout.splitlines()) <= columns
+    if columns == 120:
+        assert "received" in listed.stdout and "status" in listed.stdout
+
+    plan = hookline("replay", *ids, "--plan", "--config", str(config), cwd=tmp_path, env=env)
+    assert plan.returncode == 0, plan.stderr
+    for text in (*ids, *LONG_TYPES):
+        assert text in plan.stdout
+    assert max(len(line) for line in plan.stdout.splitlines()) <= columns
+
+
+def test_fit_columns_drops_optional_columns_last_first_and_keeps_the_rest() -> None:
+    from app.cli import Column, fit_columns
+
+    columns = [Column("received"), Column("id", keep=True), Column("type", keep=True),
+               Column("status"), Column("handlers", fold=True)]
+    widths = [19, 36, 30, 9, 40]
+    # id + type + handlers (folded to 6) need 36+30+6 + 2*2 = 76; status 9+2 more; received 21.
+    assert fit_columns(columns, widths, 80) == [1, 2, 4]
+    assert fit_columns(columns, widths, 87) == [1, 2, 3, 4]
+    assert fit_columns(columns, widths, 97) == [0, 1, 2, 4]
+    assert fit_columns(columns, widths, 108) == [0, 1, 2, 3, 4]
+    # Never fewer than the kept ones, however narrow.
+    assert fit_columns(columns, widths, 20) == [1, 2, 4]
+
+
+def _one_line_error(run: subprocess.CompletedProcess[str], code: int, *parts: str) -> None:
+    assert run.returncode == code, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    lines = [line for line in run.stderr.splitlines() if not line.startswith("store: ")]
+    assert len(lines) == 1, run.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    config, _ = _seed(tmp_path)
+    base = ("--config", str(config))
+    _one_line_error(hookline("events", "list", *base, "--since", "yesterday", cwd=tmp_path), 2,
+                    "hookline events list: error:", "--since", "not a time: 'yesterday'",
+                    "2h")
+    _one_line_error(hookline("events", "list", *base, "--cursor", "garbage", cwd=tmp_path), 2,
+                    "hookline events list: error: --cursor")
+    _one_line_error(hookline("events", "list", *base, "--status", "bogus", cwd=tmp_path), 2,
+                    "'unrouted', 'pending', 'delivered', 'failed'")
+    _one_line_error(hookline("replay", *base, "--status", "bogus", cwd=tmp_path), 2,
+                    "'failed', 'dead'")
+    _one_line_error(hookline("events", "list", *base, "--limit", "0", cwd=tmp_path), 2,
+                    "--limit")
+    _one_line_error(hookline("prune", *base, "--older-than", "0", cwd=tmp_path), 2,
+                    "must be a positive number of days")
+    _one_line_error(hookline("prune", *base, "--older-than", "-1", cwd=tmp_path), 2,
+                    "must be a positive number of days")
+    _one_line_error(hookline("frobnicate", cwd=tmp_path), 2, "hookline: error:", "frobnicate")
+    _one_line_error(hookline("send", "nope", "x.json", *base, cwd=tmp_path), 2,
+                    "no source named 'nope'", "partner")
+    _one_line_error(hookline("replay", *base, cwd=tmp_path), 2, "name event ids")
+
+
+def test_failures_exit_1_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED + """
+[sources.keys]
+platform = "standard"
+auth = { scheme = "standard_webhooks", secrets = ["whpk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="] }
+""")
+    sample = tmp_path / "event.json"
+    sample.write_text("{}")
+    _one_line_error(hookline("send", "open", "missing.json", "--config", str(config),
+                             cwd=tmp_path), 1, "cannot read missing.json")
+    # Before: auth.sign's ValueError as a traceback.
+    _one_line_error(hookline("send", "keys", str(sample), "--config", str(config),
+                             "--url", "http://127.0.0.1:9/", cwd=tmp_path), 1,
+                    "cannot sign for source 'keys'", "only whpk_ public keys")
+    unreachable = tmp_path / "pg.toml"
+    unreachable.write_text('[storage]\nurl = "postgresql://hook:pa55word@127.0.0.1:9/hooks"\n')
+    run = hookline("events", "list", "--config", str(unreachable), cwd=tmp_path)
+    _one_line_error(run, 1, "store unavailable")
+    assert "store: postgresql 127.0.0.1:9/hooks\n" in run.stderr
+    assert "pa55word" not in run.stderr
+
+
+def test_readers_never_create_a_store(tmp_path: Path) -> None:
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    for args in (("events", "list"), ("events", "show", "evt_x"), ("replay", "evt_x"),
+                 ("jobs", "show", "j"), ("prune",), ("backup", "copy.db")):
+        run = hookline(*args, "--config", str(config), cwd=tmp_path)
+        _one_line_error(run, 1, "no SQLite database at unsigned.db", "--config")
+        assert run.stderr.startswith("store: sqlite unsigned.db\n")
+    # Nor the demo secret, without a config.
+    run = hookline("events", "list", cwd=tmp_path)
+    _one_line_error(run, 1, "no SQLite database at hookline.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hookline.toml"]
+
+
+def test_migrate_reports_what_it_applied(tmp_path: Path) -> None:
+    import json
+
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    migrations = Path(__file__).parents[1] / "app" / "store" / "migrations" / "sqlite"
+    latest = max(int(path.name[:4]) for path in migrations.glob("*.sql"))
+    first = hookline("migrate", "--config", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # Before: "schema is up to date" after applying every migration.
+    assert first.stdout == f"applied 0001..{latest:04d}\n"
+    assert first.stderr == "store: sqlite unsigned.db\n"
+    again = hookline("migrate", "--config", str(config), "--json", cwd=tmp_path)
+    assert json.loads(again.stdout) == {"applied": [], "version": latest}
+    assert hookline("migrate", "--config", str(config), cwd=tmp_path).stdout == (
+        f"schema is up to date at {latest:04d}\n")
+
+
+def test_migration_report_and_store_description() -> None:
+    from app.cli import describe_store, migration_report
+
+    assert migration_report([1, 2, 3, 4, 5, 6], 6) == "applied 0001..0006"
+    assert migration_report([6], 6) == "applied 0006"
+    assert migration_report([4, 6], 6) == "applied 0004, 0006"
+    assert migration_report([], 6) == "schema is up to date at 0006"
+    assert describe_store("sqlite:///hookline.db") == "sqlite hookline.db"
+    assert describe_store("sqlite:////var/lib/h.db") == "sqlite /var/lib/h.db"
+    assert describe_store("postgresql://u:secret@db.internal:5433/hooks?sslmode=require") == (
+        "postgresql db.internal:5433/hooks")
+    assert describe_store("postgres://u@[::1]/h") == "postgresql [::1]/h"
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    alone = hookline(cwd=tmp_path)
+    assert alone.returncode == 2
+    assert alone.stdout.startswith("usage: hookline") and "check-config" in alone.stdout
+    for args in (("--version",), ("version",)):
+        run = hookline(*args, cwd=tmp_path)
+        assert run.returncode == 0 and run.stdout == f"hookline {version('hookline')}\n"
+    assert hookline("version", "--json", cwd=tmp_path).stdout.strip() == (
+        f'{{\n  "version": "{version("hookline")}"\n}}')
+
+
+def test_send_url_reads_the_servers_address_and_takes_a_base_url() -> None:
+    from app.cli import send_url
+    from app.config import settings_from_mapping
+
+    settings = settings_from_mapping({}, {"HOOKLINE_SERVER__PORT": "9123"})
+    assert send_url(settings, "demo", None) == "http://127.0.0.1:9123/webhooks/demo"
+    wide = settings_from_mapping({"server": {"host": "0.0.0.0"}}, {})
+    assert send_url(wide, "a", None) == "http://127.0.0.1:8000/webhooks/a"
+    v6 = settings_from_mapping({"server": {"host": "::1", "port": 81}}, {})
+    assert send_url(v6, "a", None) == "http://[::1]:81/webhooks/a"
+    assert send_url(settings, "a", "http://h:1") == "http://h:1/webhooks/a"
+    assert send_url(settings, "a", "http://h:1/") == "http://h:1/webhooks/a"
+    assert send_url(settings, "a", "https://h/hooks/") == "https://h/hooks/webhooks/a"
+    assert send_url(settings, "a", "http://h/webhooks/b?x=1") == "http://h/webhooks/b?x=1"
+
+
+def test_send_posts_to_the_port_serve_would_use(tmp_path: Path) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append(self.path)
+            body = b'{"id": "evt_1", "duplicate": false}'
+            self.send_response(202)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        config = tmp_path / "hookline.toml"
+        config.write_text(UNSIGNED)
+        sample = tmp_path / "event.json"
+        sample.write_text('{"type": "x.y", "data": {}}')
+        env = {**os.environ, "HOOKLINE_SERVER__PORT": str(port)}
+        run = hookline("send", "open", str(sample), "--config", str(config), cwd=tmp_path,
+                       env=env, timeout=30)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith("202\n")
+        run = hookline("send", "open", str(sample), "--config", str(config), "--json",
+                       "--url", f"http://127.0.0.1:{port}", cwd=tmp_path, timeout=30)
+        assert json.loads(run.stdout) == {"status": 202,
+                                          "body": {"id": "evt_1", "duplicate": False}}
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert seen == ["/webhooks/open", "/webhooks/open"]
+
+
+def test_prune_dry_run_counts_and_json(tmp_path: Path) -> None:
+    import json
+
+    config, _ = _seed(tmp_path)
+    dry = hookline("prune", "--older-than", "1", "--dry-run", "--config", str(config),
+                   cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout == "would prune 3 events older than 1 days\n"
+    plan = hookline("replay", "--status", "dead", "--plan", "--json", "--config", str(config),
+                    cwd=Path(__file__).parent)
+    assert json.loads(plan.stdout)["events"] == 3, plan.stderr
+    gone = hookline("prune", "--older-than", "1", "--json", "--config", str(config),
+                    cwd=tmp_path)
+    assert json.loads(gone.stdout) == {"dry_run": False, "events": 3, "older_than_days": 1.0}
+
+
+def test_events_list_takes_ages_and_iso_times(tmp_path: Path) -> None:
+    import json
+
+    config, _ = _seed(tmp_path)
+    base = ("events", "list", "--json", "--config", str(config))
+    # The seeded events carry the fake clock's time (2026-09), long before now.
+    assert json.loads(hookline(*base, "--since", "2h", cwd=tmp_path).stdout)["items"] == []
+    old = json.loads(hookline(*base, "--until", "2h", cwd=tmp_path).stdout)["items"]
+    assert len(old) == 3
+    iso = json.loads(hookline(*base, "--since", "2020-01-01T00:00:00Z", cwd=tmp_path).stdout)
+    assert len(iso["items"]) == 3
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import app.cli
+
+    def broken(args: object) -> int:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(app.cli, "cmd_version", broken)
+    monkeypatch.delenv("HOOKLINE_DEBUG", raising=False)
+    assert app.cli.main(["version"]) == 1
+    assert capsys.readouterr().err == (
+        "hookline version: failed: RuntimeError: disk on fire\\x0asecond line"
+        " (HOOKLINE_DEBUG=1 shows where)\n")
+    monkeypatch.setenv("HOOKLINE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        app.cli.main(["version"])
+
+
+def test_serve_logs_which_store_without_credentials(tmp_path: Path) -> None:
+    from server import running_server
+
+    config = tmp_path / "hookline.toml"
+    config.write_text(UNSIGNED)
+    with running_server(["--config", str(config)], cwd=tmp_path) as server:
+        pass
+    assert "store: sqlite unsigned.db" in server.output

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
-import tomllib
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,8 @@ def test_example_config_is_valid() -> None:
         "DCYCLE_TOKEN": "d", "HOOKLINE_DASHBOARD_TOKEN": "t", "HOOKLINE_ADMIN_TOKEN": "adm",
         "PARTNER_WEBHOOK_SECRET": "whsec_QUJDREVGR0g=", "FILECHECK_HOOK_TOKEN": "fh",
         "FILECHECK_API_KEY": "sk_x", "ALFRED_API_KEY": "ak", "AITRONOS_TOKEN": "at",
+        "GITHUB_WEBHOOK_SECRET": "gh", "ARCHIVE_WEBHOOK_SECRET": "whsec_QUJDREVGR0g=",
+        "SMTP_PASSWORD": "pw",
     }
     settings = load_settings(EXAMPLE, environ)
     assert settings.sources["alfred"].auth.scheme == "query_token"
@@ -211,3 +215,169 @@ def test_payload_paths_are_checked_with_their_key_path() -> None:
 def test_unknown_events_defaults_to_accept() -> None:
     settings = settings_from_mapping({"sources": {"gh": standard_source()}}, {})
     assert settings.sources["gh"].unknown_events == "accept"
+
+
+def check_config(*args: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "check-config", *args], capture_output=True,
+        text=True, check=False, env=env, cwd=cwd,
+    )
+
+
+EVERYTHING_WRONG = """
+bogus = 1
+[server]
+port = 99999
+[sources.alfred]
+platform = "alfred"
+auth = { scheme = "query_token", secrets_env = "HOOKLINE_TEST_UNSET_VAR" }
+[sources.worse]
+platform = "alfred"
+auth = { scheme = "magic" }
+[[routes]]
+match = "*"
+handler = "missing"
+[[routes]]
+match = "*"
+handler = "ok"
+source = "nosuch"
+[handlers.ok]
+use = "log"
+options = { level = "info", colour = "red" }
+[handlers.broken]
+use = "no_such_module_for_hookline:thing"
+max_attempts = 0
+"""
+
+
+def test_check_config_reports_every_problem_in_one_pass(tmp_path: Path) -> None:
+    from app.config import config_problems
+
+    path = tmp_path / "bad.toml"
+    path.write_text(EVERYTHING_WRONG)
+    found = config_problems(path, environ={})
+    # Before: the environment problem alone, then (once fixed) the schema errors, then the
+    # routes, then the handlers, one pass at a time.
+    assert [problem.split(":")[0] for problem in found] == [
+        "bogus",
+        "handlers.broken.max_attempts",
+        "handlers.broken.use",
+        "handlers.ok.options.colour",
+        "config",  # routes[0] names handler 'missing'
+        "config",  # routes[1] names source 'nosuch'
+        "server.port",
+        "sources.alfred.auth.secrets_env",
+        "sources.worse.auth.scheme",
+    ], found
+    assert "routes[0] names handler 'missing', not defined" in found[4]
+    assert "routes[1] names source 'nosuch', not defined" in found[5]
+    assert "HOOKLINE_TEST_UNSET_VAR is not set" in found[7]
+    # With --no-env the unset variable is no problem; everything else still is.
+    assert config_problems(path, environ={}, no_env=True) == found[:7] + found[8:]
+
+    run = check_config(str(path))
+    assert run.returncode == 1
+    assert run.stdout.splitlines() == found
+    run = check_config("--json", "--no-env", str(path))
+    assert run.returncode == 1
+    import json
+
+    assert json.loads(run.stdout) == {"ok": False, "problems": found[:7] + found[8:]}
+
+
+def test_problems_sort_list_indexes_as_numbers() -> None:
+    from app.config import consistency_problems
+
+    raw = {"routes": [{"match": "*", "handler": f"h{n}"} for n in range(12)]}
+    found = consistency_problems(raw)
+    assert len(found) == 12 and found[10].startswith("routes[10]")
+    from app.config import _path_order
+
+    assert sorted([f"config: {p}" for p in found[::-1]], key=_path_order)[2] == (
+        "config: routes[2] names handler 'h2', not defined")
+
+
+def test_no_env_checks_a_file_whose_secrets_come_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "prod.toml"
+    path.write_text("""
+[storage]
+url_env = "HOOKLINE_TEST_DATABASE_URL"
+[sources.partner]
+platform = "standard"
+auth = { scheme = "standard_webhooks", secrets_env = "HOOKLINE_TEST_PARTNER_SECRET" }
+[[routes]]
+match = "*"
+handler = "ops"
+[handlers.ops]
+use = "slack"
+options = { webhook_url_env = "HOOKLINE_TEST_SLACK_URL" }
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKLINE_TEST_")}
+    strict = check_config(str(path), env=env)
+    assert strict.returncode == 1
+    assert len(strict.stdout.splitlines()) == 3 and "is not set" in strict.stdout
+    relaxed = check_config("--no-env", str(path), env=env)
+    assert (relaxed.returncode, relaxed.stdout) == (0, "ok\n")
+    # A variable that is set is still checked.
+    bad = check_config("--no-env", str(path),
+                       env={**env, "HOOKLINE_TEST_PARTNER_SECRET": "not base64!"})
+    assert bad.returncode == 1
+    assert bad.stdout.startswith("sources.partner.auth: secrets[0]: must be base64")
+
+
+def test_example_config_passes_check_config_without_its_environment() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_TOKEN", "_SECRET", "_KEY"))}
+    run = check_config("--no-env", str(EXAMPLE), env=env, cwd=EXAMPLE.parent)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "ok\n", "")
+
+
+def _option_names() -> tuple[set[str], dict[str, set[str]]]:
+    """The option names the code knows: every key of the config models, and each built-in
+    handler's options."""
+    from pydantic import BaseModel
+
+    from app import config as config_models
+    from handlers.registry import BUILTINS, resolve
+
+    keys: set[str] = set()
+    for model in vars(config_models).values():
+        if isinstance(model, type) and issubclass(model, BaseModel) and model is not BaseModel:
+            keys.update(model.model_fields)
+    handler_options = {}
+    for name in BUILTINS:
+        options = getattr(resolve(name), "Options", None)
+        handler_options[name] = set(options.model_fields) if options else set()
+    return keys, handler_options
+
+
+def _is_key(name: str, text: str) -> bool:
+    """`name` (or `name_env`, `name_path`) set as a TOML key or opening a table, commented out
+    or not."""
+    name = re.escape(name)
+    return (re.search(rf"(?<![\w.\-\"]){name}(_env|_path)?\s*=", text) is not None
+            or re.search(rf"^\s*#?\s*\[\[?{name}[.\]]", text, flags=re.MULTILINE) is not None)
+
+
+def test_example_config_shows_every_option_the_readme_names() -> None:
+    """Extracted, not hand-kept: the README's backticked names that are option names of the
+    config models or of a built-in handler must each be set in config.example.toml, a handler
+    option within the table of a built-in handler that takes it."""
+    readme = (EXAMPLE.parent / "README.md").read_text(encoding="utf-8")
+    example = EXAMPLE.read_text(encoding="utf-8")
+    named = set(re.findall(r"`([a-z][a-z0-9_]*)`", readme))
+    keys, handler_options = _option_names()
+    missing = sorted(name for name in named & keys if not _is_key(name, example))
+    # Split the example at each `use = "..."`: what follows, to the next one, is that handler's.
+    parts = re.split(r'^\s*#?\s*use\s*=\s*"([\w:.]+)"', example, flags=re.MULTILINE)
+    sections: dict[str, str] = {}
+    for use, text in zip(parts[1::2], parts[2::2], strict=True):
+        sections[use] = sections.get(use, "") + text
+    for name in sorted(named & set().union(*handler_options.values())):
+        takers = [handler for handler, options in handler_options.items() if name in options]
+        if not any(_is_key(name, sections.get(handler, "")) for handler in takers):
+            missing.append(f"{name} (an option of {', '.join(takers)})")
+    assert missing == [], missing
+    # The extraction finds what it should (a guard against a regex that matches nothing).
+    assert {"header_timeout_seconds", "stall_after_minutes", "type_path"} <= named & keys
+    assert {"allowed_hosts", "starttls", "partner"} <= named

@@ -232,6 +232,28 @@ def test_depth_scan_skips_brackets_inside_strings() -> None:
     assert not too_deep(json.dumps({"a": "[" * 500, "b": '\\"{' * 200}).encode())
     assert too_deep(b"[" * 65 + b"]" * 65)
     assert not too_deep(b"[" * 64 + b"]" * 64 + b"[[]]" * 100)
+    # An unterminated string counts as running to the end, whatever it holds.
+    assert not too_deep(b'{"a": "' + b"[" * 100)
+
+
+# Hostile inputs whose cost must not grow faster than their length: each must finish at once (a
+# backtracking pattern took hours on them), so each runs in a child process with a deadline far
+# above any honest run and far below the old behaviour.
+TERMINATES = [
+    "from app.media import is_json_media_type as f; f('application/json' + '; ' * 40 + 'x')",
+    "from app.media import is_json_media_type as f; f('application/json;' + ' ' * 30000 + 'x')",
+    "from app.ingest import too_deep as f; f(b'[' * 65 + b'\"' + b'\\\\\"' * 200000)",
+]
+
+
+@pytest.mark.parametrize("code", TERMINATES)
+def test_hostile_headers_and_bodies_are_read_in_linear_time(code: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize(

@@ -241,7 +241,9 @@ async def test_stats_after_a_known_sequence(
     assert stats["events"]["by_status"] == {"failed": 1, "delivered": 1}
     assert stats["events"]["by_source"] == {"partner": 2}
     assert stats["ingest"] == {"accepted": 2, "duplicate": 2, "rejected": 2,
-                               "rejected_by_reason": {"unauthorized": 1, "unknown_source": 1}}
+                               "rejected_by_reason": {"unauthorized": 1, "unknown_source": 1},
+                               "rejected_by_source": {"(unknown)": {"unknown_source": 1},
+                                                      "partner": {"unauthorized": 1}}}
     assert stats["deliveries"] == {"by_handler": {"rec": {"succeeded": 2},
                                                   "refuses": {"permanent": 1}}, "dead": 1}
     minutes = stats["per_minute"]

@@ -176,13 +176,13 @@ def test_receivers_answer_503_while_the_database_drops_them(tmp_path: Path, sche
     assert keys[0] == "outage-0" and "outage-1" not in keys  # nothing 503'd was stored
 
 
-async def test_outcomes_wait_for_each_other_so_positions_commit_in_order(schema_url: str) -> None:
-    """A finished attempt draws its position (done_seq) only once no other finish is in
-    flight, so a live tail that read position N never sees a lower one appear later."""
+async def test_a_tail_reads_no_outcome_above_a_finish_still_in_flight(schema_url: str) -> None:
+    """Finishes do not wait for each other: one left open on another connection while a later
+    one commits holds the tail back below its own positions, and the tail misses neither."""
     from app.ids import new_id
-    from app.store import store_from_url
+    from app.store import EventFilter, store_from_url
     from app.store.base import Finished
-    from app.store.postgres import _OUTCOMES_ORDER_LOCK
+    from app.store.postgres import _FINISH_BATCH
     from schemas.records import NewEvent
 
     now = 1_790_000_000.0
@@ -191,22 +191,26 @@ async def test_outcomes_wait_for_each_other_so_positions_commit_in_order(schema_
     holder = await asyncpg.connect(schema_url)
     try:
         await store.save_events([NewEvent(
-            id=new_id("evt", now), source="s", type="t", dedupe_key="k", received_at=now,
-            occurred_at=None, body=b"{}", payload={}, headers={}, handlers=("h",))])
-        [claim] = await store.claim_due("w", now, 30, 10)
+            id=new_id("evt", now + n), source="s", type=f"t{n}", dedupe_key=f"k{n}",
+            received_at=now, occurred_at=None, body=b"{}", payload={}, headers={},
+            handlers=("h",)) for n in (1, 2)])
+        claims = {c.event.type: c for c in await store.claim_due("w", now, 30, 10)}
+        _, head = await store.heads()
         in_flight = holder.transaction()
         await in_flight.start()
-        await holder.execute("SELECT pg_advisory_xact_lock($1)", _OUTCOMES_ORDER_LOCK)
-        finishing = asyncio.create_task(store.finish([Finished(
-            claim.delivery_id, "w", 1, now + 1, "succeeded", "succeeded")]))
-        waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                   "AND ((classid::bigint << 32) | objid::bigint) = $1")
-        async with asyncio.timeout(5):
-            while not await holder.fetchval(waiting, _OUTCOMES_ORDER_LOCK):
-                await asyncio.sleep(0.02)
-        assert not finishing.done()
+        first = claims["t1"]
+        held = await holder.fetch(_FINISH_BATCH, [first.delivery_id], ["w"], [1], [now + 1],
+                                  ["succeeded"], ["succeeded"], [None], [None], [None])
+        assert len(held) == 1
+        async with asyncio.timeout(5):  # not serialised behind the open finish
+            assert await store.finish([Finished(
+                claims["t2"].delivery_id, "w", 1, now + 2, "succeeded", "succeeded")]) == [True]
+        seen = await store.tail_outcomes(EventFilter(), head, 10)
+        assert seen == []  # the later finish is committed, but not below the open one
+        assert (await store.heads())[1] == head
         await in_flight.commit()
-        assert await finishing == [True]
+        seen += await store.tail_outcomes(EventFilter(), head, 10)
+        assert sorted(o.event_type for _, o in seen) == ["t1", "t2"]
     finally:
         await holder.close()
         await store.close()

@@ -11,6 +11,7 @@ import pytest
 
 from app.ids import new_id
 from app.store import EventFilter, Store, StoreError, store_from_url
+from app.store.rejections import NewRejection, RejectionFilter
 from schemas.records import NewEvent, Saved
 
 T0 = 1_790_000_000.0
@@ -484,3 +485,163 @@ async def test_stats_rows_and_gauges(store: Store) -> None:
     assert rows.dead == 1
     gauges = await store.gauges()
     assert (gauges.pending, gauges.running, gauges.dead) == (0, 0, 1)
+
+
+def _old_event_status(deliveries: list[tuple[int, str, str]]) -> str:
+    """The event status the stores have always derived, over (order, handler, status): open
+    while a delivery is pending or running; failed while a dead delivery has no later success
+    of its handler; else delivered."""
+    if any(status in ("pending", "running") for _, _, status in deliveries):
+        return "pending"
+    for order, handler, status in deliveries:
+        if status == "dead" and not any(
+                h == handler and s == "succeeded" and o > order for o, h, s in deliveries):
+            return "failed"
+    return "delivered"
+
+
+async def test_event_status_follows_its_deliveries_in_random_histories(store: Store) -> None:
+    """Random saves, claims, outcome batches, releases and fresh deliveries (replays) of a few
+    events: after each step every event's status is the one its deliveries imply."""
+    import random
+
+    from app.store.base import Finished
+
+    for seed in range(30):
+        rand = random.Random(seed)
+        names = [f"h{seed}_{i}" for i in range(3)]
+        now = T0 + seed * 1000
+        saved = await store.save_events([
+            event(seed * 100 + n, handlers=tuple(rand.sample(names, rand.randint(1, 3))))
+            for n in range(4)])
+        order = 0
+        model: dict[str, tuple[str, int, str, str]] = {}  # delivery: event, order, handler, status
+        expected: dict[str, str] = {}
+        for result in saved:
+            assert isinstance(result, Saved)
+            record = await store.get_event(result.id)
+            assert record is not None
+            expected[result.id] = "pending"
+            for d in record.deliveries:
+                model[d.id] = (result.id, order, d.handler, d.status)
+                order += 1
+        running: dict[str, int] = {}
+        for _ in range(12):
+            now += 1
+            action = rand.random()
+            if action < 0.55:
+                wanted = {n: rand.randint(1, 3) for n in names}
+                claims = await store.claim_due("w", now, 30, 5, wanted)
+                for claim in claims:
+                    event_id, o, handler, _ = model[claim.delivery_id]
+                    model[claim.delivery_id] = (event_id, o, handler, "running")
+                    running[claim.delivery_id] = claim.attempt
+                done = rand.sample(sorted(running), rand.randint(0, len(running)))
+                batch = []
+                for delivery_id in done:
+                    status = rand.choice(["succeeded", "dead", "pending"])
+                    batch.append(Finished(delivery_id, "w", running.pop(delivery_id), now,
+                                          "succeeded" if status == "succeeded" else "transient",
+                                          status, now if status == "pending" else None))
+                    event_id, o, handler, _ = model[delivery_id]
+                    model[delivery_id] = (event_id, o, handler, status)
+                if batch:
+                    assert await store.finish(batch) == [True] * len(batch)
+                    for event_id in {model[f.delivery_id][0] for f in batch}:
+                        expected[event_id] = _old_event_status(
+                            [(o, h, s) for e, o, h, s in model.values() if e == event_id])
+            elif action < 0.7 and running:
+                given_back = rand.sample(sorted(running), 1)
+                assert await store.release("w", given_back, now) == 1
+                for delivery_id in given_back:
+                    del running[delivery_id]
+                    event_id, o, handler, _ = model[delivery_id]
+                    model[delivery_id] = (event_id, o, handler, "pending")
+            else:
+                event_id = rand.choice(sorted(expected))
+                for delivery_id in await store.add_deliveries(
+                        event_id, rand.sample(names, rand.randint(1, 2)), now):
+                    record = await store.get_event(event_id)
+                    assert record is not None
+                    [added] = [d for d in record.deliveries if d.id == delivery_id]
+                    model[delivery_id] = (event_id, order, added.handler, "pending")
+                    order += 1
+                expected[event_id] = "pending"
+            for event_id, status in expected.items():
+                record = await store.get_event(event_id)
+                assert record is not None
+                assert (seed, record.status) == (seed, status)
+
+
+def rejection(n: int, source: str = "s", code: str = "unauthorized", at: float | None = None,
+              **fields: object) -> NewRejection:
+    fields = {"known": True, "status": 401 if code == "unauthorized" else 422, **fields}
+    return NewRejection(
+        id=new_id("rej", T0 + n), received_at=T0 + n if at is None else at, source=source,
+        code=code, message=code.replace("_", " "), **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_rejections_are_written_listed_and_read_back(store: Store) -> None:
+    details = [{"loc": ["data", "file_id"], "msg": "Field required"}]
+    await store.add_rejections([
+        rejection(1),
+        rejection(2, code="schema_invalid", details=details, remote="10.0.0.7",
+                  headers={"content-type": "application/json"}, body=b'{"data": {}}\xff',
+                  body_bytes=70_000, truncated=True, dropped_before=4),
+        rejection(3, source="nope" * 3, known=False, code="unknown_source"),
+    ])
+    await store.add_rejections([])
+    page = await store.list_rejections(RejectionFilter(), 10)
+    assert [r.code for r in page.items] == ["unknown_source", "schema_invalid", "unauthorized"]
+    assert page.next_cursor is None
+    listed = page.items[1]
+    # A page carries no details, headers or bodies.
+    assert (listed.details, listed.headers, listed.body) == (None, None, None)
+    assert (listed.body_bytes, listed.truncated, listed.dropped_before) == (70_000, True, 4)
+    assert page.items[0].known is False and page.items[0].source == "nopenopenope"
+
+    one = await store.get_rejection(listed.id)
+    assert one is not None
+    assert one.details == details
+    assert one.headers == {"content-type": "application/json"}
+    assert one.body == '{"data": {}}\ufffd' and one.remote == "10.0.0.7"
+    assert one.status == 422 and one.truncated is True
+    assert await store.get_rejection("rej_missing") is None
+
+
+async def test_rejection_filters_and_cursor(store: Store) -> None:
+    # Two rows share a time: the cursor tells them apart by position.
+    await store.add_rejections([
+        rejection(1, source="a"), rejection(2, source="b", code="invalid_json"),
+        rejection(3, source="a", code="invalid_json"), rejection(4, source="a", at=T0 + 3),
+        rejection(5, source="a", at=T0 + 3),
+    ])
+    seen, cursor = [], None
+    while True:
+        page = await store.list_rejections(RejectionFilter(source="a"), 2, cursor)
+        seen += [r.id for r in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    everything = (await store.list_rejections(RejectionFilter(), 10)).items
+    assert seen == [r.id for r in everything if r.source == "a"]
+    assert len(seen) == 4 and len(set(seen)) == 4
+    assert [r.received_at for r in everything] == sorted(
+        (r.received_at for r in everything), reverse=True)
+    invalid = await store.list_rejections(RejectionFilter(code="invalid_json"), 10)
+    assert {(r.source, r.code) for r in invalid.items} == {("b", "invalid_json"),
+                                                           ("a", "invalid_json")}
+    window = await store.list_rejections(RejectionFilter(since=T0 + 2, until=T0 + 3), 10)
+    assert [r.source for r in window.items] == ["b"]
+    with pytest.raises(ValueError):
+        await store.list_rejections(RejectionFilter(), 10, "bm9wZQ")
+
+
+async def test_rejections_prune_by_age_then_by_row_cap(store: Store) -> None:
+    await store.add_rejections([rejection(n) for n in range(10)])
+    assert await store.prune_rejections(T0 + 3, keep=100) == 3
+    assert await store.prune_rejections(T0, keep=4) == 3
+    left = (await store.list_rejections(RejectionFilter(), 10)).items
+    assert [r.received_at for r in left] == [T0 + 9, T0 + 8, T0 + 7, T0 + 6]
+    assert await store.prune_rejections(T0, keep=4) == 0

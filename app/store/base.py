@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.store.rejections import NewRejection, RejectionFilter, RejectionPage, RejectionRecord
 from app.store.urls import sqlite_path
 from schemas.records import DeliveryPage, EventPage, EventRecord, NewEvent, Saved
 
@@ -158,6 +159,9 @@ class LatestEvent:
 class Store(abc.ABC):
     """Durable event log. Every method raises StoreError when the backend fails."""
 
+    # The schema versions the last `open` applied (so `hookline migrate` can say what it did).
+    applied_migrations: tuple[int, ...] = ()
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -180,6 +184,11 @@ class Store(abc.ABC):
     async def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process adds deliveries. A store used by one process
         (SQLite) has nothing to listen to: the in-process wake-up covers it."""
+
+    async def refresh_statistics(self) -> list[str]:
+        """Update the planner's statistics of tables whose size changed a lot since they were
+        last taken; the tables analysed. A store that needs none (SQLite) does nothing."""
+        return []
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
@@ -338,6 +347,27 @@ class Store(abc.ABC):
     ) -> list[LatestEvent]:
         """For every job (or file) seen since `since`, its newest event if that is older than
         `until`."""
+
+    # The rejections log (app.rejections): refused webhook requests.
+
+    @abc.abstractmethod
+    async def add_rejections(self, rows: Sequence[NewRejection]) -> None:
+        """Write recorded rejections, in one transaction."""
+
+    @abc.abstractmethod
+    async def list_rejections(
+        self, filters: RejectionFilter, limit: int, cursor: str | None = None
+    ) -> RejectionPage:
+        """Newest first (by time), keyset-paginated; without details, headers or bodies.
+        ValueError for a cursor this store did not hand out."""
+
+    @abc.abstractmethod
+    async def get_rejection(self, rejection_id: str) -> RejectionRecord | None:
+        """One rejection with its details, headers and body."""
+
+    @abc.abstractmethod
+    async def prune_rejections(self, before: float, keep: int) -> int:
+        """Delete rejections received before `before`, then all but the newest `keep`."""
 
 
 def encode_cursor(seq: int) -> str:

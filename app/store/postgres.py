@@ -10,8 +10,10 @@ which the web layer answers with 503 and the worker with a back-off.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from typing import Any, Literal
 import asyncpg
 
 from app.ids import new_id
+from app.store import rejections
 from app.store.base import (
     Q_SCAN_ROWS,
     Claim,
@@ -35,6 +38,7 @@ from app.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from app.store.rejections import NewRejection, RejectionFilter, RejectionPage, RejectionRecord
 from schemas.records import (
     AttemptRecord,
     DeliveryPage,
@@ -45,12 +49,43 @@ from schemas.records import (
     Saved,
 )
 
+log = logging.getLogger("hookline.store")
+
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _MIGRATION_LOCK = 7_264_155_001
 IDLE_IN_TRANSACTION_MS = "60000"
-# 7_264_155_002 orders inserted events (migration 0006_commit_order).
-_OUTCOMES_ORDER_LOCK = 7_264_155_003
+# Every statement here reaches its rows by a key or an index range under a LIMIT. Without
+# statistics (autovacuum off, a table never analysed) or with a generic plan made while a table
+# was small, the planner's estimates are guesses, and a guess that favours a scan or a hash of
+# a whole table makes a claim or a finish read the entire backlog each time. These settings
+# leave it the index paths (they only price the others out: a statement with no other way
+# still runs), so a plan's cost follows the rows it touches, not the size of the tables.
+PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_bitmapscan": "off",
+                    "enable_hashjoin": "off", "enable_mergejoin": "off"}
 NOTIFY_CHANNEL = "hookline_deliveries"
+# Seconds between tries to LISTEN again after the connection dropped (the first is at once).
+LISTEN_RETRY_MIN = 0.5
+LISTEN_RETRY_MAX = 10.0
+
+# The tables every batch reads and writes, analysed by the maintenance sweep once this many rows
+# changed, and at least this share of the rows they had (statistics cost a sample, not a scan).
+# On a server without autovacuum they are vacuumed too once that many rows are dead: every claim
+# and finish leaves dead index entries at the low end of the due-order indexes, which each claim
+# would otherwise step over, more with every delivery drained.
+_ANALYSED = ("events", "deliveries", "attempts")
+ANALYZE_MIN_CHANGES = 1000
+ANALYZE_SHARE = 0.2
+VACUUM_TIMEOUT = 600.0
+_STALE_TABLES = """
+SELECT s.relname, s.n_dead_tup >= $2 AND s.n_dead_tup >= $3 * greatest(c.reltuples, 0)
+                  AND current_setting('autovacuum') = 'off' AS vacuum
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = current_schema() AND s.relname = ANY($1::text[])
+  AND ((s.n_mod_since_analyze >= $2 AND s.n_mod_since_analyze >= $3 * greatest(c.reltuples, 0))
+       OR (s.n_dead_tup >= $2 AND s.n_dead_tup >= $3 * greatest(c.reltuples, 0)
+           AND current_setting('autovacuum') = 'off'))
+ORDER BY s.relname
+"""
 
 _EVENT_COLUMNS = (
     "seq, id, source, type, dedupe_key, status, received_at, occurred_at, job_id, file_id, "
@@ -133,42 +168,72 @@ FROM claimed c JOIN events e ON e.id = c.event_id
 _CLAIM_ANY = _DUE_ANY + _CLAIM_REST
 _CLAIM_PER_HANDLER = _DUE_PER_HANDLER + _CLAIM_REST
 
-# A whole batch of outcomes in one statement: the attempts and the deliveries whose lease the
-# finishing worker still holds.
+# A whole batch of outcomes in one statement: the attempts, each with its position in the tail
+# (see _HORIZONS), and the deliveries whose lease the finishing worker still holds. Being the
+# transaction's first statement, it locks `attempts` before the transaction has an id.
 _FINISH_BATCH = """
 WITH r AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::text[],
-                         $6::text[], $7::float8[], $8::text[], $9::int[])
+    SELECT *, 'running'::text AS leased
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::text[],
+                $6::text[], $7::float8[], $8::text[], $9::int[])
         AS r(delivery_id, owner, attempt, ended_at, outcome, status, next_at, error, http_status)
 ), attempt_rows AS (
     UPDATE attempts a SET ended_at = r.ended_at, outcome = r.outcome, error = r.error,
-                          http_status = r.http_status
+                          http_status = r.http_status,
+                          done_seq = (pg_current_xact_id()::text::bigint << 20)
+                                     + (nextval('attempts_done_seq') & 1048575)
     FROM r WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
 )
 UPDATE deliveries d SET status = r.status, next_attempt_at = r.next_at, lease_owner = NULL,
                         lease_expires_at = NULL, last_error = r.error, updated_at = r.ended_at
 FROM r WHERE d.id = r.delivery_id AND d.lease_owner = r.owner AND d.attempts = r.attempt
-             AND d.status = 'running'
+             AND d.status = r.leased  -- not a literal: each row by its id, not the index of
+                                      -- every running delivery (a partial index on status)
 RETURNING d.id, d.attempts
 """
-# The last step of a finish: the attempts take their positions in the tail, under a lock taken
-# in the same statement (before any position is drawn) and held to the commit (see finish()).
-_NUMBER_OUTCOMES = """
-WITH ordered AS (SELECT pg_advisory_xact_lock($3))
-UPDATE attempts a SET done_seq = nextval('attempts_done_seq')
-FROM ordered, unnest($1::text[], $2::int[]) AS r(delivery_id, attempt)
-WHERE a.delivery_id = r.delivery_id AND a.number = r.attempt
+# How far a tail may read. Positions (events.seq, attempts.done_seq) start with the id of the
+# transaction that drew them, shifted left by 20 bits (migration 0007). A transaction that
+# draws positions locks its table before it has an id (the insert, or the finish, is its first
+# statement). So any position that can still appear is at or above the smallest of: the ids of
+# transactions holding a write lock on the table now (pg_locks), and the next id to be assigned
+# (this statement's snapshot, taken before pg_locks is read). The rows are then read by a later
+# statement, whose snapshot holds everything committed below that. Transactions on other tables
+# or in other databases do not hold a tail back, and writers never wait for each other.
+_HORIZONS = """
+WITH next AS (
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xid
+), writers AS (
+    SELECT w.relation, next.xid + (x.transactionid::text::bigint - (next.xid & 4294967295)
+                                   + 6442450944) % 4294967296 - 2147483648 AS xid
+    FROM next, pg_locks w JOIN pg_locks x ON x.virtualtransaction = w.virtualtransaction
+    WHERE w.locktype = 'relation' AND w.mode = 'RowExclusiveLock'
+      AND w.relation IN ('events'::regclass, 'attempts'::regclass)
+      AND x.locktype = 'transactionid' AND w.pid IS DISTINCT FROM pg_backend_pid()
+)
+SELECT least(next.xid, (SELECT min(xid) FROM writers WHERE relation = 'events'::regclass)) << 20,
+       least(next.xid, (SELECT min(xid) FROM writers WHERE relation = 'attempts'::regclass)) << 20
+FROM next
 """
+# Each touched event's status from that event's own deliveries only (reached by event id,
+# whatever the statistics, never by a scan of every open delivery): open while any delivery is
+# pending or running; failed when some handler's newest dead delivery has no later success;
+# else delivered. A row is rewritten only when its status changes.
 _REFRESH_STATUS = """
-UPDATE events SET status = CASE
-    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
-                 AND d.status IN ('pending', 'running')) THEN 'pending'
-    WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = 'dead'
-                 AND NOT EXISTS (SELECT 1 FROM deliveries s WHERE s.event_id = d.event_id
-                                 AND s.handler = d.handler AND s.status = 'succeeded'
-                                 AND s.seq > d.seq)) THEN 'failed'
-    ELSE 'delivered' END
-WHERE id IN (SELECT event_id FROM deliveries WHERE id = ANY($1::text[]))
+WITH touched AS (
+    SELECT DISTINCT event_id FROM deliveries WHERE id = ANY($1::text[])
+), verdict AS (
+    SELECT t.event_id, CASE WHEN bool_or(h.open) THEN 'pending'
+                            WHEN bool_or(h.dead_seq > coalesce(h.ok_seq, 0)) THEN 'failed'
+                            ELSE 'delivered' END AS status
+    FROM touched t CROSS JOIN LATERAL (
+        SELECT bool_or(d.status IN ('pending', 'running')) AS open,
+               max(d.seq) FILTER (WHERE d.status = 'dead') AS dead_seq,
+               max(d.seq) FILTER (WHERE d.status = 'succeeded') AS ok_seq
+        FROM deliveries d WHERE d.event_id = t.event_id GROUP BY d.handler) h
+    GROUP BY t.event_id
+)
+UPDATE events e SET status = verdict.status FROM verdict
+WHERE e.id = verdict.event_id AND e.status <> verdict.status
 """
 
 
@@ -191,6 +256,8 @@ class PostgresStore(Store):
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._on_deliveries: Callable[[], None] | None = None
+        self._relisten: asyncio.Task[None] | None = None
 
     # Connection management.
 
@@ -201,18 +268,25 @@ class PostgresStore(Store):
                 init=_init_connection, command_timeout=30,
                 # A process frozen in a transaction (stopped, partitioned) must not hold row and
                 # ordering locks, and with them every other receiver and worker, for long.
-                server_settings={"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS},
+                server_settings={"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS,
+                                 **PLANNER_SETTINGS},
             )
-            await self.migrate()
+            self.applied_migrations = tuple(await self.migrate())
         except _ERRORS as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store: {exc}") from exc
 
     async def close(self) -> None:
-        if self._listener is not None:
+        self._on_deliveries = None
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relisten
+            self._relisten = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
             with contextlib.suppress(*_ERRORS):
-                await self._listener.close()
-            self._listener = None
+                await listener.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -264,13 +338,67 @@ class PostgresStore(Store):
             await conn.fetchval("SELECT 1")
 
     async def listen(self, callback: Callable[[], None]) -> None:
-        """Call `callback` whenever any process adds deliveries. If this connection drops, the
-        worker's periodic sweep still finds what is due."""
+        """Call `callback` whenever any process adds deliveries. A dropped connection (a server
+        restart, a terminated backend) is opened again, and `callback` called once then for what
+        was added meanwhile; until it is back, the worker's periodic sweep finds what is due."""
+        self._on_deliveries = callback
         try:
-            self._listener = await asyncpg.connect(self.url)
-            await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: callback())
+            await self._listen_once()
         except _ERRORS as exc:
             raise StoreError(str(exc)) from exc
+
+    async def _listen_once(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._notified())
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
+
+    def _notified(self) -> None:
+        if self._on_deliveries is not None:
+            self._on_deliveries()
+
+    def _listener_lost(self, conn: asyncpg.Connection) -> None:
+        # close() forgets its listener before closing it: only a drop gets here with it.
+        if conn is not self._listener or self._on_deliveries is None:
+            return
+        self._listener = None
+        log.warning("LISTEN connection lost; opening it again")
+        self._relisten = asyncio.get_running_loop().create_task(
+            self._listen_again(), name="hookline-listen-again")
+
+    async def _listen_again(self) -> None:
+        delay = 0.0
+        while self._on_deliveries is not None:
+            await asyncio.sleep(delay)
+            try:
+                await self._listen_once()
+            except _ERRORS as exc:
+                delay = min(LISTEN_RETRY_MAX, max(LISTEN_RETRY_MIN, delay * 2))
+                log.warning("cannot LISTEN again (next try in %g s): %s", delay, exc)
+                continue
+            log.info("listening for new deliveries again")
+            self._notified()  # whatever was added while no one listened
+            return
+
+    async def refresh_statistics(self) -> list[str]:
+        """ANALYZE the busy tables whose rows changed by a good share since their last ANALYZE,
+        and on a server without autovacuum VACUUM those with as many dead rows. Servers often
+        run with autovacuum off; without statistics, or with a table's from when it was small,
+        plans drift (and cached generic plans stay frozen until the next ANALYZE)."""
+        async with self._conn() as conn:
+            stale = await conn.fetch(_STALE_TABLES, list(_ANALYSED), ANALYZE_MIN_CHANGES,
+                                     ANALYZE_SHARE)
+            for row in stale:  # names from _ANALYSED
+                if row["vacuum"]:
+                    await conn.execute(f"VACUUM (ANALYZE) {row['relname']}",
+                                       timeout=VACUUM_TIMEOUT)
+                else:
+                    await conn.execute(f"ANALYZE {row['relname']}")
+        return [row["relname"] for row in stale]
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
@@ -366,17 +494,21 @@ class PostgresStore(Store):
 
     async def heads(self) -> tuple[int, int]:
         async with self._conn() as conn:
+            events, outcomes = await _horizons(conn)
             row = await conn.fetchrow(
-                "SELECT (SELECT max(seq) FROM events), (SELECT max(done_seq) FROM attempts)")
+                "SELECT (SELECT max(seq) FROM events WHERE seq < $1), "
+                "(SELECT max(done_seq) FROM attempts WHERE done_seq < $2)", events, outcomes)
         assert row is not None
         return row[0] or 0, row[1] or 0
 
     async def tail_events(
         self, filters: EventFilter, after: int, limit: int
     ) -> list[tuple[int, EventRecord]]:
-        where, params = _numbered([*_event_clauses(filters), ("seq > ?", after)])
-        params.append(limit)
         async with self._conn() as conn:
+            below, _ = await _horizons(conn)
+            where, params = _numbered(
+                [*_event_clauses(filters), ("seq > ?", after), ("seq < ?", below)])
+            params.append(limit)
             rows = await conn.fetch(
                 f"SELECT {_EVENT_COLUMNS} FROM events{_and(where)} "
                 f"ORDER BY seq LIMIT ${len(params)}", *params)
@@ -386,9 +518,11 @@ class PostgresStore(Store):
         self, filters: EventFilter, after: int, limit: int
     ) -> list[tuple[int, Outcome]]:
         clauses = [("e." + sql, value) for sql, value in _event_clauses(filters)]
-        where, params = _numbered([*clauses, ("a.done_seq > ?", after)])
-        params.append(limit)
         async with self._conn() as conn:
+            _, below = await _horizons(conn)
+            where, params = _numbered(
+                [*clauses, ("a.done_seq > ?", after), ("a.done_seq < ?", below)])
+            params.append(limit)
             rows = await conn.fetch(
                 f"SELECT a.done_seq, a.delivery_id, d.event_id, e.type, d.handler, a.number, "
                 f"a.outcome, d.status, a.ended_at, a.error FROM attempts a "
@@ -470,11 +604,6 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             rows = await conn.fetch(_FINISH_BATCH, *columns)
             await conn.execute(_REFRESH_STATUS, columns[0])
-            # Outcomes draw their positions (done_seq) in commit order, so a live tail never
-            # sees a lower position appear after a higher: one finish at a time numbers its
-            # attempts and commits. The lock is taken last, so it is held only that long, and
-            # its holder only touches rows it has locked already (no deadlock).
-            await conn.execute(_NUMBER_OUTCOMES, columns[0], columns[2], _OUTCOMES_ORDER_LOCK)
         updated = {(row["id"], row["attempts"]) for row in rows}
         return [(r.delivery_id, r.attempt) in updated for r in results]
 
@@ -649,6 +778,49 @@ class PostgresStore(Store):
                 for r in rows]
 
 
+    # The rejections log.
+
+    async def add_rejections(self, rows: Sequence[NewRejection]) -> None:
+        if not rows:
+            return
+        async with self._tx() as conn:
+            await conn.executemany(_numbered_sql(rejections.INSERT), [
+                rejections.insert_values(row, row.details, row.headers) for row in rows])
+
+    async def list_rejections(
+        self, filters: RejectionFilter, limit: int, cursor: str | None = None
+    ) -> RejectionPage:
+        sql, params = rejections.list_query(filters, limit, cursor)
+        async with self._conn() as conn:
+            rows = await conn.fetch(_numbered_sql(sql), *params)
+        return rejections.page(rows, limit)
+
+    async def get_rejection(self, rejection_id: str) -> RejectionRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(_numbered_sql(rejections.GET), rejection_id)
+        if row is None:
+            return None
+        return rejections.record(row, row["details"], row["headers"])
+
+    async def prune_rejections(self, before: float, keep: int) -> int:
+        async with self._tx() as conn:
+            status = await conn.execute(_numbered_sql(rejections.PRUNE_OLD), before)
+            pruned = int(status.split()[-1])
+            first = await conn.fetchrow(_numbered_sql(rejections.FIRST_OVER_CAP), keep)
+            if first is not None:
+                at, seq = first
+                status = await conn.execute(_numbered_sql(rejections.PRUNE_FROM), at, at, seq)
+                pruned += int(status.split()[-1])
+        return pruned
+
+
+async def _horizons(conn: asyncpg.Connection) -> tuple[int, int]:
+    """The positions below which events and outcomes are final (see _HORIZONS)."""
+    row = await conn.fetchrow(_HORIZONS)
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 async def _resolve(
     conn: asyncpg.Connection, events: Sequence[NewEvent], inserted: set[str]
 ) -> list[Saved]:
@@ -695,6 +867,12 @@ def _event_clauses(filters: EventFilter) -> list[tuple[str, Any]]:
 
 def _and(where: Sequence[str]) -> str:
     return " WHERE " + " AND ".join(where) if where else ""
+
+
+def _numbered_sql(sql: str) -> str:
+    """A statement written with `?` placeholders, numbered as PostgreSQL wants them."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
 
 
 def _numbered(clauses: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 
 from app.ids import new_id
+from app.store import rejections
 from app.store.base import (
     Q_SCAN_ROWS,
     Claim,
@@ -36,6 +37,7 @@ from app.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from app.store.rejections import NewRejection, RejectionFilter, RejectionPage, RejectionRecord
 from schemas.records import (
     AttemptRecord,
     DeliveryPage,
@@ -131,7 +133,7 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         try:
             self._writer = await self._connect()
-            await self.migrate()
+            self.applied_migrations = tuple(await self.migrate())
             self._reader = await self._connect()
         except _SQLITE_ERRORS as exc:
             await self.close()
@@ -723,6 +725,47 @@ class SQLiteStore(Store):
         )
         return [LatestEvent(r["entity"], r["id"], r["source"], r["type"], r["received_at"])
                 for r in rows]
+
+    # The rejections log.
+
+    async def add_rejections(self, rows: Sequence[NewRejection]) -> None:
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(rejections.INSERT, [
+                rejections.insert_values(row, json.dumps(row.details), json.dumps(row.headers))
+                for row in rows])
+
+        if rows:
+            await self._write(steps)
+
+    async def list_rejections(
+        self, filters: RejectionFilter, limit: int, cursor: str | None = None
+    ) -> RejectionPage:
+        sql, params = rejections.list_query(filters, limit, cursor)
+        return rejections.page(await self._read(sql, params), limit)
+
+    async def get_rejection(self, rejection_id: str) -> RejectionRecord | None:
+        rows = await self._read(rejections.GET, [rejection_id])
+        if not rows:
+            return None
+        row = rows[0]
+        return rejections.record(row, json.loads(row["details"]), json.loads(row["headers"]))
+
+    async def prune_rejections(self, before: float, keep: int) -> int:
+        # The cap's boundary is found on the reader, so the writer (and ingest behind it) waits
+        # only for the deletes. Rows added meanwhile are newer: the boundary still holds.
+        first = await self._read(rejections.FIRST_OVER_CAP, [keep])
+
+        async def steps(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(rejections.PRUNE_OLD, (before,))
+            pruned = cursor.rowcount
+            if first:
+                at, seq = first[0]
+                cursor = await conn.execute(rejections.PRUNE_FROM, (at, at, seq))
+                pruned += cursor.rowcount
+            return pruned
+
+        pruned: int = await self._write(steps)
+        return pruned
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         try:
