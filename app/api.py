@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import replay, stream, tracking
+from app import dead_letters, health, replay, stream, tracking
 from app.config import ApiToken
 from app.media import is_json_media_type
 from app.errors import (
@@ -30,7 +30,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.runtime import Runtime
-from app.store import EventFilter
+from app.store import DeadFilter, EventFilter
 from app.when import (
     DELIVERY_STATUSES,
     EVENT_STATUSES,
@@ -47,6 +47,7 @@ DEFAULT_LIMIT = 50
 MAX_Q = 200
 DEFAULT_WINDOW = 3600
 MAX_WINDOW = 7 * 86_400
+MAX_HEALTH_WINDOW = 86_400
 # Events one `POST /api/replay` call takes at most; the answer's `next_cursor` goes on.
 REPLAY_DEFAULT_LIMIT = 1000
 REPLAY_MAX_LIMIT = 10_000
@@ -232,10 +233,44 @@ async def get_stats(request: Request) -> Response:
     hour."""
     require_scope(request, "read")
     runtime: Runtime = request.app.state.runtime
+    return JSONResponse(await runtime.stats.get(_window(request)))
+
+
+def _window(request: Request, maximum: int = MAX_WINDOW) -> int:
     window = _whole(request.query_params.get("window", str(DEFAULT_WINDOW)))
-    if window is None or not 60 <= window <= MAX_WINDOW:
-        raise BadRequest(f"window must be a whole number of seconds from 60 to {MAX_WINDOW}")
-    return JSONResponse(await runtime.stats.get(window))
+    if window is None or not 60 <= window <= maximum:
+        raise BadRequest(f"window must be a whole number of seconds from 60 to {maximum}")
+    return window
+
+
+async def get_handlers(request: Request) -> Response:
+    """Per configured handler: backlog, attempts over `window` seconds (success rate, p50/p99
+    time), breaker state and the routes that reach it."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    # Attempt times are read one attempt at a time: a day at most, not a week.
+    window = _window(request, MAX_HEALTH_WINDOW)
+    now = runtime.clock.now()
+    rows = await runtime.store.handler_rows(now - window, now)
+    settings = runtime.settings
+    breakers = health.breakers_of(runtime.handlers, runtime.clock.monotonic())
+    return JSONResponse({"handlers": health.shape_handlers(
+        rows, settings.handlers, settings.routes, breakers, window, now)})
+
+
+async def get_sources(request: Request) -> Response:
+    """Per configured source: platform, auth scheme (no secrets), requests accepted, duplicate
+    and rejected over `window` seconds, the last event's time and the routes it can take."""
+    require_scope(request, "read")
+    runtime: Runtime = request.app.state.runtime
+    window = _window(request)
+    now = runtime.clock.now()
+    sources = runtime.settings.sources
+    rows = await runtime.store.source_rows(list(sources), now - window, now)
+    first_minute = int((now - window) // 60)
+    extra = [c for c in runtime.tally.pending() if c.minute >= first_minute]
+    return JSONResponse({"sources": health.shape_sources(
+        rows, sources, extra, runtime.settings.routes, window)})
 
 
 async def live_tail(request: Request) -> Response:
@@ -443,3 +478,43 @@ async def get_rejection(request: Request) -> Response:
     if record is None:
         raise NotFound("no such rejection")
     return _model_json(record)
+
+
+def dead_filter(body: Mapping[str, Any], now: float) -> DeadFilter:
+    """The filter of a bulk retry; `status`, if given, can only be `dead`."""
+    status = _str_or_none(body, "status")
+    if status not in (None, "dead"):
+        raise BadRequest("status must be dead: only dead deliveries are retried")
+    return DeadFilter(
+        handler=_str_or_none(body, "handler"), source=_str_or_none(body, "source"),
+        type=_str_or_none(body, "type"), since=_when(body, "since", now),
+        until=_when(body, "until", now),
+    )
+
+
+async def retry_delivery(request: Request) -> Response:
+    """The same dead delivery back to `pending`, due now; 409 unless it is dead."""
+    require_scope(request, "admin")
+    runtime: Runtime = request.app.state.runtime
+    await json_body(request)
+    delivery_id = request.path_params["delivery_id"]
+    await dead_letters.retry_one(runtime.store, delivery_id, runtime.clock.now())
+    runtime.wake_worker()
+    return JSONResponse({"id": delivery_id, "status": "pending"}, 202)
+
+
+async def retry_deliveries(request: Request) -> Response:
+    """Every open dead letter a filter selects back to `pending`; `dry_run` only counts."""
+    require_scope(request, "admin")
+    runtime: Runtime = request.app.state.runtime
+    body = await json_body(request)
+    now = runtime.clock.now()
+    filters = dead_filter(body, now)
+    dry_run = bool(body.get("dry_run"))
+    report = await dead_letters.retry_many(runtime.store, filters, now, dry_run)
+    if not dry_run and report.deliveries:
+        runtime.wake_worker()
+    return JSONResponse(
+        {"dry_run": dry_run, "deliveries": report.deliveries, "ids": report.ids},
+        status_code=200 if dry_run else 202,
+    )

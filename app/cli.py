@@ -1,4 +1,5 @@
-"""The `hookline` command: serve, check-config, migrate, events, rejections, send, schemas.
+"""The `hookline` command: serve, check-config, migrate, events, rejections, replay, retry, send,
+schemas.
 
 Each verb is a small function over the same settings, store interface and pure helpers the
 server uses; none reaches into private tables or re-implements a rule of the server.
@@ -585,6 +586,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return asyncio.run(_replay(_settings(args.config), args))
 
 
+async def _retry(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.text import Text
+
+    from app import dead_letters
+    from app.errors import HooklineError
+    from app.store import DeadFilter
+
+    now = time.time()
+    console = _console()
+    async with opened_store(settings) as store:
+        try:
+            if args.ids:
+                for delivery_id in args.ids:
+                    await dead_letters.retry_one(store, delivery_id, time.time(), args.dry_run)
+                count, what = len(args.ids), "deliveries"
+            else:
+                filters = DeadFilter(
+                    handler=args.handler, source=args.source, type=args.type,
+                    since=_since(args.since, now), until=_since(args.until, now),
+                )
+                report = await dead_letters.retry_many(store, filters, now, args.dry_run)
+                count, what = report.deliveries, "dead deliveries"
+        except HooklineError as exc:
+            console.print(Text(plain(exc), style="red"))
+            return 1
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "deliveries": count})
+    else:
+        console.print(f"{'would retry' if args.dry_run else 'retried'} {count} {what}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if not args.ids and args.status != "dead":
+        raise UsageError("name delivery ids, or select dead deliveries with --status dead")
+    return asyncio.run(_retry(_settings(args.config), args))
+
+
 async def _count_before(store: Store, before: float) -> int:
     """How many events `prune(before)` would delete, counted a page at a time."""
     count, cursor = 0, None
@@ -776,6 +815,20 @@ def build_parser() -> argparse.ArgumentParser:
                             help="show which handlers would run, run nothing")
     replay_cmd.add_argument("--json", action="store_true", help=json_help)
     replay_cmd.set_defaults(func=cmd_replay)
+
+    retry_cmd = verbs.add_parser(
+        "retry", help="run dead deliveries again: the same delivery, its history kept")
+    retry_cmd.add_argument("ids", nargs="*", help="delivery ids (or select with the options)")
+    retry_cmd.add_argument("--config")
+    retry_cmd.add_argument("--status", choices=["dead"], help="select the open dead letters")
+    retry_cmd.add_argument("--handler")
+    retry_cmd.add_argument("--source")
+    retry_cmd.add_argument("--type", help="glob over the event's canonical type")
+    retry_cmd.add_argument("--since", type=_when_arg, help=WHEN_HELP)
+    retry_cmd.add_argument("--until", type=_when_arg, help="as --since")
+    retry_cmd.add_argument("--dry-run", action="store_true", help="only count")
+    retry_cmd.add_argument("--json", action="store_true", help=json_help)
+    retry_cmd.set_defaults(func=cmd_retry)
 
     for noun in ("jobs", "files"):
         entity = verbs.add_parser(noun, help=f"lifecycle of one {noun[:-1]}")

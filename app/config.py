@@ -238,6 +238,24 @@ class RejectionSettings(_Model):
     flush_seconds: float = Field(default=5, gt=0, description="how often waiting rows are written")
 
 
+class AlertSettings(_Model):
+    """`[alerts]`: events hookline raises about itself (source `hookline`)."""
+
+    enabled: bool = True
+    quiet_seconds: float = Field(default=300, gt=0, description="one alert per subject per")
+    check_seconds: float = Field(default=15, gt=0, description="how often the checks run")
+    stalled_seconds: float = Field(
+        default=120, gt=0, description="a due delivery unclaimed this long: worker.stalled")
+    auth_failing_below: float = Field(
+        default=0.5, gt=0, le=1, description="authenticated share of a source's requests")
+    auth_failing_window_seconds: int = Field(default=300, ge=60)
+    auth_failing_min_requests: int = Field(default=20, ge=1)
+
+
+RESERVED_SOURCE = "hookline"
+"""The source of the events hookline raises itself; no configured source may take the name."""
+
+
 class Settings(_Model):
     server: ServerSettings = ServerSettings()
     worker: WorkerConfig = WorkerConfig()
@@ -248,6 +266,7 @@ class Settings(_Model):
     handlers: dict[str, HandlerSettings] = {}
     retention_days: float = Field(default=30, gt=0)
     rejections: RejectionSettings = RejectionSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -271,6 +290,8 @@ def consistency_problems(data: Mapping[str, Any]) -> list[str]:
     for name, source in sources.items():
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             problems.append(f"source name {name!r} may hold only letters, digits, _ and -")
+        if name.lower() == RESERVED_SOURCE:
+            problems.append(f"source name {name!r} is reserved for hookline's own events")
         scheme = _table(source, "auth").get("scheme") if isinstance(source, Mapping) else None
         if scheme == "none" and isinstance(host, str) and not is_loopback(host):
             problems.append(f"sources.{name}.auth.scheme: 'none' is allowed only on a loopback"
@@ -283,7 +304,7 @@ def consistency_problems(data: Mapping[str, Any]) -> list[str]:
         handler, source = route.get("handler"), route.get("source")
         if isinstance(handler, str) and handler not in handlers:
             problems.append(f"routes[{index}] names handler {handler!r}, not defined")
-        if isinstance(source, str) and source not in sources:
+        if isinstance(source, str) and source not in sources and source != RESERVED_SOURCE:
             problems.append(f"routes[{index}] names source {source!r}, not defined")
     return problems
 

@@ -60,6 +60,10 @@ class NotFound(HooklineError):
     status, code, default_message = 404, "not_found", "not found"
 
 
+class Conflict(HooklineError):
+    status, code, default_message = 409, "conflict", "not possible in the current state"
+
+
 class UnknownSource(HooklineError):
     status, code, default_message = 404, "unknown_source", "no such source"
 

@@ -187,7 +187,8 @@ def _fast_access_sink() -> Any:
     if (len(handlers) == 1 and isinstance(handlers[0], _QueueHandler)
             and not access_log.disabled and access_log.isEnabledFor(logging.INFO)
             and not access_log.handlers):
-        return handlers[0].queue.put
+        records: queue.SimpleQueue[Any] = handlers[0].queue  # type: ignore[assignment]
+        return records.put
     return None
 
 

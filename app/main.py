@@ -32,6 +32,7 @@ from app.http_errors import EXCEPTION_HANDLERS, error_for
 from app.logs import AccessLogMiddleware
 from app.metrics import metrics_endpoint
 from app.runtime import Role, Runtime, default_http
+from app.alerts import Alerts
 from app.scheduler import Maintenance, start_scheduler
 from app.startup import open_store
 from app.store import Store, StoreError, store_from_url
@@ -72,9 +73,13 @@ RECEIVER_ROUTES = [
     Route("/api/events/{event_id}/replay", api.replay_event, methods=["POST"]),
     Route("/api/replay", api.replay_many, methods=["POST"]),
     Route("/api/deliveries", api.list_deliveries, methods=["GET"]),
+    Route("/api/deliveries/retry", api.retry_deliveries, methods=["POST"]),
+    Route("/api/deliveries/{delivery_id}/retry", api.retry_delivery, methods=["POST"]),
     Route("/api/jobs/{job_id}", api.get_entity, methods=["GET"]),
     Route("/api/files/{file_id}", api.get_entity, methods=["GET"]),
     Route("/api/stats", api.get_stats, methods=["GET"]),
+    Route("/api/handlers", api.get_handlers, methods=["GET"]),
+    Route("/api/sources", api.get_sources, methods=["GET"]),
     Route("/api/stream", api.live_tail, methods=["GET"]),
     Route("/api/rejections", api.list_rejections, methods=["GET"]),
     Route("/api/rejections/{rejection_id}", api.get_rejection, methods=["GET"]),
@@ -135,10 +140,14 @@ async def _start_components(
         stack.push_async_callback(worker.stop)
         await runtime.store.listen(runtime.wake_worker)
     receiver = role != "worker"
+    alerts = None
+    if worker is not None and settings.alerts.enabled:
+        alerts = Alerts(settings.alerts, runtime.store, runtime.clock, runtime.recorder,
+                        runtime.handlers, settings.sources)
     maintenance = Maintenance(
         runtime.store, runtime.clock, runtime.worker, settings.retention_days,
         settings.sources, runtime.recorder, runtime.tally if receiver else None,
-        runtime.rejections if receiver else None,
+        runtime.rejections if receiver else None, alerts,
     )
     stack.push_async_callback(maintenance.flush_counts)
     stack.push_async_callback(maintenance.flush_rejections)
@@ -146,6 +155,7 @@ async def _start_components(
         ticks = start_scheduler(
             maintenance, worker_ticks=worker is not None,
             sweep_seconds=runtime.worker_settings.sweep_seconds,  # type: ignore[union-attr]
+            alert_seconds=settings.alerts.check_seconds,
         )
         stack.callback(ticks.shutdown, wait=False)
 

@@ -43,6 +43,9 @@ _PAGE = [
 ]
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _REPLAY_FIELDS: dict[str, Any] = {"handler": _STRING, "dry_run": {"type": "boolean"}}
+_RETRY_ANSWER = {"type": "object", "properties": {
+    "dry_run": {"type": "boolean"}, "deliveries": {"type": "integer"},
+    "ids": {"type": "array", "items": _STRING, "description": "the first 500"}}}
 _REPLAY_BODY = {"type": "object", "properties": _REPLAY_FIELDS, "additionalProperties": True}
 
 
@@ -120,6 +123,19 @@ def _paths() -> dict[str, Any]:
              _query("handler", _STRING), _query("type", _STRING), _query("since", _TIME),
              *_PAGE],
             _answer(_ref(DeliveryPage), 400))},
+        "/api/deliveries/retry": {"post": _operation(
+            "The open dead letters a filter selects back to pending, each once (admin)", [],
+            _answer(_RETRY_ANSWER, 400, 403, status="202", dry_run=True), {
+                "type": "object", "additionalProperties": True, "properties": {
+                    "status": {"enum": ["dead"]}, "handler": _STRING, "source": _STRING,
+                    "type": _STRING, "since": _TIME, "until": _TIME,
+                    "dry_run": {"type": "boolean"}}})},
+        "/api/deliveries/{delivery_id}/retry": {"post": _operation(
+            "The same dead delivery back to pending, its attempts kept (admin)",
+            [_path("delivery_id")], _answer({"type": "object", "properties": {
+                "id": _STRING, "status": {"const": "pending"}}}, 400, 403, 404, 409,
+                status="202"),
+            {"type": "object"})},
         "/api/jobs/{job_id}": {"get": _operation(
             "The lifecycle of one job", [_path("job_id")], _answer({"type": "object"}, 404))},
         "/api/files/{file_id}": {"get": _operation(
@@ -138,6 +154,18 @@ def _paths() -> dict[str, Any]:
         "/api/rejections/{rejection_id}": {"get": _operation(
             "One refused request with its field errors, headers (less secrets) and kept body",
             [_path("rejection_id")], _answer(_ref(RejectionRecord), 404))},
+        "/api/handlers": {"get": _operation(
+            "Per handler: deliveries pending, running and dead, the oldest pending, attempts "
+            "over the window (success rate, p50/p99 seconds), breaker state, routes",
+            [_query("window", {"type": "integer", "minimum": 60, "maximum": 86400,
+                               "default": 3600})],
+            _answer({"type": "object", "properties": {"handlers": {"type": "array"}}}, 400))},
+        "/api/sources": {"get": _operation(
+            "Per source: platform, auth scheme (no secrets), requests accepted, duplicate and "
+            "rejected over the window, the last event's time, routes",
+            [_query("window", {"type": "integer", "minimum": 60, "maximum": 604800,
+                               "default": 3600})],
+            _answer({"type": "object", "properties": {"sources": {"type": "array"}}}, 400))},
         "/api/stream": {"get": _operation(
             "Live tail: server-sent events `event` and `delivery`; resume with Last-Event-ID",
             [*_EVENT_FILTERS, {"name": "last-event-id", "in": "header", "required": False,

@@ -1,8 +1,9 @@
 """Replay: fresh deliveries for stored events, one at a time or in bulk, or only a plan of them.
 
 A replay routes the event through the *current* routes (so a fixed route takes effect), or to
-one named handler. A bulk replay selects either events (by source, type glob, time) or dead
-deliveries (`status="dead"`: each dead delivery gets a fresh one for its own handler).
+one named handler. A bulk replay selects either events (by source, type glob, time) or the
+events of open dead letters (`status="dead"`: each such event once, with a fresh delivery for
+each handler whose delivery of it is dead and not yet superseded; see `app.dead_letters`).
 `plan_*` answers the same question without writing anything: which handlers would run.
 
 A bulk replay needs at least one filter (`ReplayFilter.narrowed`), and the API takes it in
@@ -14,12 +15,15 @@ went away) and tell where to go on.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.routing import Route, handlers_for
-from app.store import EventFilter, Store
+from app.store import DeadFilter, EventFilter, Store
+from app.store.base import decode_cursor, encode_cursor
 
 PAGE = 500
+# The most dead deliveries one event is looked at for (one per handler its routes reach).
+MAX_HANDLERS = 1000
 
 
 class ReplayError(Exception):
@@ -84,7 +88,9 @@ async def plan_pages(
         yield page
         if left is not None:
             left -= len(page.planned)
-        if page.next_cursor is None or not page.planned:
+        # A page of dead letters can plan no event (each one's was planned before) and still
+        # have more after it: only the cursor says when the selection is done.
+        if page.next_cursor is None:
             return
         cursor = page.next_cursor
 
@@ -94,11 +100,7 @@ async def _plan_page(
     selection: ReplayFilter, size: int, cursor: str | None,
 ) -> PlanPage:
     if selection.status == "dead":
-        dead = await store.list_deliveries(
-            "dead", selection.handler, size, cursor, selection.type, selection.since
-        )
-        return PlanPage([Planned(d.event_id, d.event_type or "", (d.handler,))
-                         for d in dead.items], dead.next_cursor)
+        return await _dead_page(store, selection, size, cursor)
     filters = EventFilter(
         source=selection.source, type=selection.type, status=selection.status,
         since=selection.since, until=selection.until,
@@ -116,6 +118,28 @@ async def plan_many(
     async for page in plan_pages(store, routes, handlers, selection):
         for planned in page.planned:
             yield planned
+
+
+async def _dead_page(
+    store: Store, selection: ReplayFilter, size: int, cursor: str | None
+) -> PlanPage:
+    """The events of the next `size` open dead letters, oldest first. An event is planned once,
+    with every handler whose delivery of it is an open dead letter, by the page holding its
+    earliest one: later pages (or later calls, for a dry run that changed nothing) pass it by."""
+    filters = DeadFilter(
+        handler=selection.handler, source=selection.source, type=selection.type,
+        since=selection.since, until=selection.until,
+    )
+    letters = await store.dead_letters(filters, decode_cursor(cursor) if cursor else 0, size)
+    planned = []
+    for letter in letters:
+        of_event = await store.dead_letters(
+            replace(filters, event_id=letter.event_id), 0, MAX_HANDLERS)
+        if of_event and of_event[0].seq == letter.seq:
+            handlers = dict.fromkeys(other.handler for other in of_event)
+            planned.append(Planned(letter.event_id, letter.event_type, tuple(handlers)))
+    more = len(letters) == size
+    return PlanPage(planned, encode_cursor(letters[-1].seq) if more else None)
 
 
 async def apply(store: Store, planned: Planned, now: float) -> list[str]:

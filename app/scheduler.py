@@ -2,7 +2,8 @@
 
 `Maintenance` holds the tick functions (plain coroutines, callable directly in tests with an
 injected clock); `start_scheduler` runs them on an AsyncIOScheduler: a sweep that reaps expired
-leases and wakes the worker for whatever became due, and a prune of events past retention.
+leases and wakes the worker for whatever became due, a prune of events past retention, stall
+detection, and the checks behind hookline's own alerts (`app.alerts`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from app import lifecycle
+from app.alerts import Alerts
 from app.clock import Clock
 from app.config import SourceSettings
 from app.rejections import RejectionLog
@@ -39,6 +41,7 @@ class Maintenance:
     recorder: Recorder | None = None
     tally: Tally | None = None
     rejections: RejectionLog | None = None
+    alerts: Alerts | None = None
 
     async def sweep(self) -> int:
         """Make expired leases claimable again, wake the worker and run the status polls that
@@ -102,6 +105,22 @@ class Maintenance:
         if pruned:
             log.info("pruned %d rejections", pruned)
         return pruned
+
+    async def breakers(self) -> int:
+        """Note this process's circuit breakers that opened or closed (every worker)."""
+        if self.alerts is None:
+            return 0
+        try:
+            return await self.alerts.observe_breakers()
+        except StoreError as exc:
+            log.warning("breaker check skipped: %s", exc)
+            return 0
+
+    async def alert_checks(self) -> int:
+        """Dead letters, stalled workers, failing source auth, and the alerts now due."""
+        if self.alerts is None:
+            return 0
+        return await self.alerts.check()
 
     async def prune(self) -> int:
         """Delete events older than the retention, with their deliveries and attempts."""
@@ -173,6 +192,7 @@ def _singleton(store: Store, name: str, tick: Callable[[], Awaitable[int]]) -> C
 def start_scheduler(
     maintenance: Maintenance, sweep_seconds: float = 5.0, prune_seconds: float = 3600.0,
     stall_seconds: float = 60.0, counts_seconds: float = 5.0, worker_ticks: bool = True,
+    alert_seconds: float = 15.0,
 ) -> AsyncIOScheduler:
     """The ticks of one process: the counts and rejections flush wherever requests are
     received (a tally and a rejections log are given), the dispatch upkeep wherever a worker
@@ -199,5 +219,12 @@ def start_scheduler(
                           seconds=prune_seconds, id="prune", **common)
         scheduler.add_job(_singleton(store, "stalls", maintenance.stalls), "interval",
                           seconds=stall_seconds, id="stalls", **common)
+        if maintenance.alerts is not None:
+            # Breakers are per process: every worker looks at its own. The rest reads the
+            # store, once for all of them.
+            scheduler.add_job(maintenance.breakers, "interval", seconds=alert_seconds,
+                              id="breakers", **common)
+            scheduler.add_job(_singleton(store, "alerts", maintenance.alert_checks), "interval",
+                              seconds=alert_seconds, id="alerts", **common)
     scheduler.start()
     return scheduler

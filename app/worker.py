@@ -407,7 +407,7 @@ class Worker:
 
     def _context(
         self, loaded: LoadedHandler, attempt: int, upstream: StoreUpstream | None = None
-    ) -> Context:
+    ) -> Context[Any]:
         return Context(
             http=self.http,
             options=loaded.options,

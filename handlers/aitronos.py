@@ -115,8 +115,8 @@ class AitronosRetry:
     name = "aitronos_retry"
     Options = AitronosOptions
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        options: AitronosOptions = ctx.options
+    async def handle(self, event: Event, ctx: Context[AitronosOptions]) -> None:
+        options = ctx.options
         upstream = needs_upstream(ctx)
         ids = event_ids(event, options)
         file_id = ids["file_id"]
@@ -139,9 +139,9 @@ class AitronosRetry:
             POLL_KIND, key, data, options.poll_first_seconds, options.poll_deadline_seconds,
         )
 
-    async def poll(self, data: dict[str, Any], ctx: Context) -> PollOutcome | None:
+    async def poll(self, data: dict[str, Any], ctx: Context[AitronosOptions]) -> PollOutcome | None:
         """`completed` or `failed` once processing ends (None: pending, processing, or down)."""
-        options: AitronosOptions = ctx.options
+        options = ctx.options
         ids = poll_ids(data, options)
         file_id = ids["file_id"]
         call = Call("GET", file_url(options, ids, "status"), auth_headers(options),

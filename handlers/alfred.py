@@ -110,8 +110,8 @@ class AlfredResubmit:
     name = "alfred_resubmit"
     Options = AlfredOptions
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        options: AlfredOptions = ctx.options
+    async def handle(self, event: Event, ctx: Context[AlfredOptions]) -> None:
+        options = ctx.options
         upstream = needs_upstream(ctx)
         if event.type.startswith("alfred.") and event.type not in ACTED_ON:
             ctx.log.info("%s is not a job failure; nothing to resubmit", event.type)

@@ -62,8 +62,8 @@ class DcycleRetry:
     name = "dcycle_retry"
     Options = DcycleOptions
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        options: DcycleOptions = ctx.options
+    async def handle(self, event: Event, ctx: Context[DcycleOptions]) -> None:
+        options = ctx.options
         upstream = needs_upstream(ctx)
         file_id = require_path(event, options, "file_id")
         key = f"dcycle:file:{file_id}"
@@ -82,9 +82,9 @@ class DcycleRetry:
             options.poll_first_seconds, options.poll_deadline_seconds,
         )
 
-    async def poll(self, data: dict[str, Any], ctx: Context) -> PollOutcome | None:
+    async def poll(self, data: dict[str, Any], ctx: Context[DcycleOptions]) -> PollOutcome | None:
         """The reading of the file, once Dcycle has one (None: not yet, or not reachable)."""
-        options: DcycleOptions = ctx.options
+        options = ctx.options
         file_id = str(data["file_id"])
         call = Call("GET", f"{options.base_url}/v1/files/readings", auth_headers(options),
                     options.timeout, params={"file_id": file_id})

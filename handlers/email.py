@@ -31,8 +31,8 @@ class EmailHandler:
     name = "email"
     Options = EmailOptions
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        options: EmailOptions = ctx.options
+    async def handle(self, event: Event, ctx: Context[EmailOptions]) -> None:
+        options = ctx.options
         message = EmailMessage()
         message["From"] = options.sender
         message["To"] = ", ".join(options.to)

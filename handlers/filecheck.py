@@ -159,8 +159,8 @@ class FilecheckResubmit:
     name = "filecheck_resubmit"
     Options = FilecheckOptions
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        options: FilecheckOptions = ctx.options
+    async def handle(self, event: Event, ctx: Context[FilecheckOptions]) -> None:
+        options = ctx.options
         upstream = needs_upstream(ctx)
         job = event.payload
         if not isinstance(job, Mapping) or not job.get("id"):
@@ -184,7 +184,7 @@ class FilecheckResubmit:
 
     async def _resubmit(
         self, job: Mapping[str, Any], job_id: str, options: FilecheckOptions,
-        upstream: Upstream, ctx: Context,
+        upstream: Upstream, ctx: Context[FilecheckOptions],
     ) -> None:
         key = f"filecheck:job:{root_job_id(job)}"
         try:
@@ -200,7 +200,7 @@ class FilecheckResubmit:
                      job_id, count, options.budget)
 
     async def _post(
-        self, body: dict[str, Any], options: FilecheckOptions, ctx: Context
+        self, body: dict[str, Any], options: FilecheckOptions, ctx: Context[FilecheckOptions]
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {options.token.get_secret_value()}",
                    "content-type": "application/json"}

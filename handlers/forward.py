@@ -110,8 +110,8 @@ class ForwardHandler:
     name = "forward"
     Options = ForwardOptions
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        options: ForwardOptions = ctx.options
+    async def handle(self, event: Event, ctx: Context[ForwardOptions]) -> None:
+        options = ctx.options
         url = httpx.URL(options.url)
         if options.allowed_hosts is not None and not host_allowed(url, options.allowed_hosts):
             raise Permanent(f"host {url.host!r} is not in allowed_hosts")

@@ -15,8 +15,8 @@ class LogHandler:
 
         level: str = "info"
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        level = getattr(ctx.options, "level", "info").upper()
+    async def handle(self, event: Event, ctx: Context[Options]) -> None:
+        level = ctx.options.level.upper()
         ctx.log.log(
             getattr(__import__("logging"), level, 20),
             "event %s %s from %s", event.id, event.type, event.source,

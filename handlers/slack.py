@@ -55,7 +55,8 @@ class _Formatter(string.Formatter):
 
 def template_fields(event: Event) -> dict[str, Any]:
     payload = event.payload if isinstance(event.payload, Mapping) else {}
-    inner = payload.get("event") if isinstance(payload.get("event"), Mapping) else {}
+    nested = payload.get("event")
+    inner: Mapping[str, Any] = nested if isinstance(nested, Mapping) else {}
     fields = _Fields({**payload, **inner})
     fields.update(
         id=event.id, type=event.type, source=event.source, job_id=event.job_id or "",
@@ -74,8 +75,8 @@ class SlackHandler:
     name = "slack"
     Options = SlackOptions
 
-    async def handle(self, event: Event, ctx: Context) -> None:
-        options: SlackOptions = ctx.options
+    async def handle(self, event: Event, ctx: Context[SlackOptions]) -> None:
+        options = ctx.options
         response = await ctx.http.post(
             options.webhook_url.get_secret_value(),
             json={"text": render(options.template, event)},

@@ -122,7 +122,7 @@ def segment_problem(value: str) -> str | None:
     return "is escaped too many times to be a single path segment"
 
 
-def needs_upstream(ctx: Context) -> Upstream:
+def needs_upstream(ctx: Context[Any]) -> Upstream:
     """The durable bookkeeping, which every upstream-retry handler requires."""
     if ctx.upstream is None:
         raise Permanent("needs the upstream bookkeeping")
@@ -217,7 +217,7 @@ class Call:
     params: Mapping[str, str] | None = None
 
 
-async def send(ctx: Context, base_url: str, call: Call) -> httpx.Response:
+async def send(ctx: Context[Any], base_url: str, call: Call) -> httpx.Response:
     """Make `call` through the breaker of `base_url`: any answer, or NotReached."""
     breaker = breaker_for(base_url)
     breaker.acquire(ctx.clock.monotonic())
@@ -297,7 +297,7 @@ def check_response(response: httpx.Response) -> None:
         raise Permanent(reason, http_status=exc.http_status) from None
 
 
-async def poll_send(ctx: Context, base_url: str, call: Call) -> httpx.Response | None:
+async def poll_send(ctx: Context[Any], base_url: str, call: Call) -> httpx.Response | None:
     """A status request: the answer, or None when the platform cannot answer now."""
     try:
         response = await send(ctx, base_url, call)

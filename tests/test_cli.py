@@ -1,4 +1,5 @@
-"""The CLI verbs over the same store the server uses: replay (plan, dry run, bulk), prune."""
+"""The CLI verbs over the same store the server uses: replay (plan, dry run, bulk), retry,
+prune."""
 
 from __future__ import annotations
 
@@ -136,13 +137,56 @@ def test_replay_plan_dry_run_and_bulk(tmp_path: Path) -> None:
 
     again = hookline("replay", "--status", "dead", "--dry-run", "--config", str(config),
                      cwd=env_cwd)
-    assert "would replay 3 events" in again.stdout  # the old dead ones remain as history
+    # Each dead letter now has a later delivery (pending, not yet run): none is open, so a
+    # second bulk replay sends nothing again.
+    assert "would replay 0 events" in again.stdout
 
     unknown = hookline("replay", "evt_missing", "--config", str(config), cwd=env_cwd)
     assert unknown.returncode == 1 and "no event evt_missing" in unknown.stdout
 
     nothing = hookline("replay", "--config", str(config), cwd=env_cwd)
     assert nothing.returncode == 2
+
+
+def test_retry_dry_run_bulk_and_one(tmp_path: Path) -> None:
+    import asyncio
+
+    from app.config import load_settings
+    from app.store import store_from_url
+
+    config, ids = _seed(tmp_path)
+    env_cwd = Path(__file__).parent
+    refused = hookline("retry", "--config", str(config), cwd=env_cwd)
+    assert refused.returncode == 2
+    dry = hookline("retry", "--status", "dead", "--dry-run", "--config", str(config), cwd=env_cwd)
+    assert "would retry 3 dead deliveries" in dry.stdout, dry.stdout + dry.stderr
+    some = hookline("retry", "--status", "dead", "--handler", "other", "--config", str(config),
+                    cwd=env_cwd)
+    assert "retried 0 dead deliveries" in some.stdout
+
+    async def delivery_ids() -> list[tuple[str, str]]:
+        store = store_from_url(load_settings(config).storage.url)
+        await store.open()
+        try:
+            found = []
+            for event_id in ids:
+                record = await store.get_event(event_id)
+                assert record is not None
+                found += [(d.id, d.status) for d in record.deliveries]
+            return found
+        finally:
+            await store.close()
+
+    [(first, _), *_] = asyncio.run(delivery_ids())
+    one = hookline("retry", first, "--config", str(config), cwd=env_cwd)
+    assert one.returncode == 0 and "retried 1 deliveries" in one.stdout
+    twice = hookline("retry", first, "--config", str(config), cwd=env_cwd)
+    assert twice.returncode == 1 and "delivery is pending" in twice.stdout
+    rest = hookline("retry", "--status", "dead", "--config", str(config), cwd=env_cwd)
+    assert "retried 2 dead deliveries" in rest.stdout
+    assert {status for _, status in asyncio.run(delivery_ids())} == {"pending"}
+    unknown = hookline("retry", "dlv_missing", "--dry-run", "--config", str(config), cwd=env_cwd)
+    assert unknown.returncode == 1 and "no such delivery" in unknown.stdout
 
 
 def test_prune(tmp_path: Path) -> None:

@@ -326,3 +326,132 @@ async def test_odd_retries_and_unreadable_errors_are_ordinary_transient_failures
     [d] = await deliveries(client, event_id)
     assert (d["status"], d["attempts"]) == ("pending", 2)
     assert d["last_error"] == "UnreadableError: <UnreadableError whose text could not be read>"
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "flaky"}]], indirect=True)
+async def test_retry_puts_the_same_dead_delivery_back_and_it_leaves_the_dead_letters(
+    env: Any, clock: FakeClock
+) -> None:
+    client, runtime = env
+    fake_handlers.flaky.failures = 3  # every attempt of its first round fails (max_attempts 3)
+    event_id = await post(client, clock)
+    for _ in range(3):
+        await worker(runtime).run_once()
+        clock.advance(3600)
+    [dead] = await deliveries(client, event_id)
+    assert dead["status"] == "dead" and dead["attempts"] == 3
+
+    bare = await client.post(f"/api/deliveries/{dead['id']}/retry")  # no JSON content type
+    assert bare.status_code == 415
+    retried = await client.post(f"/api/deliveries/{dead['id']}/retry", json={})
+    assert retried.status_code == 202 and retried.json() == {"id": dead["id"], "status": "pending"}
+    assert (await client.get("/api/deliveries?status=dead")).json()["items"] == []
+    [back] = await deliveries(client, event_id)
+    assert (back["id"], back["status"], back["attempts"]) == (dead["id"], "pending", 3)
+    assert back["next_attempt_at"] == clock.now()
+    assert len(back["attempt_log"]) == 3
+
+    again = await client.post(f"/api/deliveries/{dead['id']}/retry", json={})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+    assert await worker(runtime).run_once() == 1
+    [done] = await deliveries(client, event_id)
+    assert (done["id"], done["status"], done["attempts"]) == (dead["id"], "succeeded", 4)
+    assert [a["number"] for a in done["attempt_log"]] == [1, 2, 3, 4]
+    assert (await client.get(f"/api/events/{event_id}")).json()["status"] == "delivered"
+    unknown = await client.post("/api/deliveries/dlv_nope/retry", json={})
+    assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "refuses"}]], indirect=True)
+async def test_bulk_retry_selects_each_dead_delivery_once(env: Any, clock: FakeClock) -> None:
+    client, runtime = env
+    ids = [await post(client, clock, f"m{n}") for n in range(3)]
+    await worker(runtime).run_once()
+    plan = await client.post("/api/deliveries/retry", json={"status": "dead", "dry_run": True})
+    assert plan.status_code == 200 and plan.json()["deliveries"] == 3
+    assert (await client.get("/api/deliveries?status=dead")).json()["items"] != []
+    none = await client.post("/api/deliveries/retry", json={"handler": "other", "dry_run": True})
+    assert none.json()["deliveries"] == 0
+    bad = await client.post("/api/deliveries/retry", json={"status": "pending"})
+    assert bad.status_code == 400
+
+    done = await client.post("/api/deliveries/retry", json={"type": "file.*"})
+    assert done.status_code == 202 and done.json()["deliveries"] == 3
+    assert len(done.json()["ids"]) == 3
+    assert (await client.post("/api/deliveries/retry", json={})).json()["deliveries"] == 0
+    assert await worker(runtime).run_once() == 3  # each once, and each dead again
+    for event_id in ids:
+        [d] = await deliveries(client, event_id)
+        assert d["status"] == "dead" and d["attempts"] == 2
+    redo = await client.post("/api/deliveries/retry", json={"dry_run": True})
+    assert redo.json()["deliveries"] == 3
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "refuses"}]], indirect=True)
+async def test_bulk_replay_of_dead_letters_selects_each_event_once(
+    env: Any, clock: FakeClock
+) -> None:
+    client, runtime = env
+    first = await post(client, clock, "m1")
+    second = await post(client, clock, "m2")
+    await worker(runtime).run_once()
+    # The first event is replayed by hand and dies again: two dead rows, one event.
+    assert (await client.post(f"/api/events/{first}/replay", json={})).status_code == 202
+    await worker(runtime).run_once()
+    assert len(await deliveries(client, first)) == 2
+    plan = await client.post("/api/replay", json={"status": "dead", "dry_run": True})
+    assert plan.json()["events"] == 2 and plan.json()["deliveries"] == 2
+    assert sorted(p["event_id"] for p in plan.json()["plan"]) == sorted([first, second])
+    done = await client.post("/api/replay", json={"status": "dead"})
+    assert done.json()["events"] == 2 and done.json()["deliveries"] == 2
+    # Replayed and not yet run: nothing is open to replay again.
+    after = await client.post("/api/replay", json={"status": "dead", "dry_run": True})
+    assert after.json()["events"] == 0
+    assert await worker(runtime).run_once() == 2
+
+
+async def test_retry_needs_the_admin_scope(tmp_path: Path, clock: FakeClock) -> None:
+    config = config_for(tmp_path, [{"match": "*", "handler": "rec"}])
+    config["api"] = {"tokens": [{"name": "r", "token": "read-token-0123456789", "scopes": ["read"]}]}
+    app = create_app(settings_from_mapping(config, {}), clock=clock,
+                     worker_settings=WorkerSettings(background=False))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            auth = {"authorization": "Bearer read-token-0123456789"}
+            for path in ("/api/deliveries/retry", "/api/deliveries/dlv_x/retry"):
+                assert (await client.post(path, json={}, headers=auth)).status_code == 403
+                assert (await client.post(path, json={})).status_code == 401
+
+
+@pytest.mark.parametrize("env", [[{"match": "*", "handler": "refuses"},
+                                  {"match": "*", "handler": "flaky"}]], indirect=True)
+async def test_paged_replay_of_dead_letters_plans_each_event_once_across_pages(
+    env: Any, clock: FakeClock
+) -> None:
+    client, runtime = env
+    fake_handlers.flaky.failures = 100
+    ids = [await post(client, clock, f"m{n}") for n in range(2)]
+    for _ in range(3):
+        await worker(runtime).run_once()
+        clock.advance(3600)
+    assert len((await client.get("/api/deliveries?status=dead")).json()["items"]) == 4
+
+    async def pages(dry_run: bool) -> list[dict[str, Any]]:
+        answers, cursor = [], None
+        while True:
+            body: dict[str, Any] = {"status": "dead", "limit": 1, "dry_run": dry_run}
+            if cursor:
+                body["cursor"] = cursor
+            answer = (await client.post("/api/replay", json=body)).json()
+            answers.append(answer)
+            if not answer["more"]:
+                return answers
+            cursor = answer["next_cursor"]
+
+    planned = [p for a in await pages(True) for p in a["plan"]]
+    assert sorted(p["event_id"] for p in planned) == sorted(ids)
+    assert all(sorted(p["handlers"]) == ["flaky", "refuses"] for p in planned)
+    done = await pages(False)
+    assert sum(a["events"] for a in done) == 2 and sum(a["deliveries"] for a in done) == 4
+    assert (await pages(True))[0]["events"] == 0

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from app.ids import new_id
-from app.store import EventFilter, Store, StoreError, store_from_url
+from app.store import DeadFilter, DeadLetter, EventFilter, Store, StoreError, store_from_url
 from app.store.rejections import NewRejection, RejectionFilter
 from schemas.records import NewEvent, Saved
 
@@ -485,6 +485,146 @@ async def test_stats_rows_and_gauges(store: Store) -> None:
     assert rows.dead == 1
     gauges = await store.gauges()
     assert (gauges.pending, gauges.running, gauges.dead) == (0, 0, 1)
+
+
+async def _kill_all(store: Store, at: float) -> list[str]:
+    """Claim every due delivery and let each attempt fail for good; their ids."""
+    from app.store.base import Finished
+
+    claims = await store.claim_due("w", at, 30, 100)
+    await store.finish([Finished(c.delivery_id, "w", c.attempt, at + 1, "permanent", "dead",
+                                 error="no") for c in claims])
+    return [c.delivery_id for c in claims]
+
+
+async def test_retry_puts_the_same_dead_delivery_back_with_its_history(store: Store) -> None:
+    [saved] = await store.save_events([event(1, handlers=("h",))])
+    [dead_id] = await _kill_all(store, T0 + 5)
+    [letter] = await store.dead_letters(DeadFilter(), 0, 10)
+    assert (letter.id, letter.event_id, letter.handler, letter.event_type) == (
+        dead_id, saved.id, "h", "a.job.done")
+
+    assert await store.retry_dead([dead_id, "dlv_unknown"], T0 + 50) == [dead_id]
+    assert await store.retry_dead([dead_id], T0 + 51) == []  # pending now: not retried twice
+    delivery = await store.get_delivery(dead_id)
+    assert delivery is not None and delivery.event_type == "a.job.done"
+    assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("pending", 1, T0 + 50)
+    assert [a.outcome for a in delivery.attempt_log] == ["permanent"]
+    assert (await store.get_event(saved.id)).status == "pending"  # type: ignore[union-attr]
+    assert await store.dead_letters(DeadFilter(), 0, 10) == []
+    assert (await store.gauges()).dead == 0
+
+    # Claimed again it counts on from its attempts, and dying again it is one dead letter.
+    [claim] = await store.claim_due("w", T0 + 50, 30, 10)
+    assert (claim.delivery_id, claim.attempt) == (dead_id, 2)
+    from app.store.base import Finished
+
+    await store.finish([Finished(dead_id, "w", 2, T0 + 52, "permanent", "dead", error="again")])
+    assert [d.id for d in await store.dead_letters(DeadFilter(), 0, 10)] == [dead_id]
+    again = await store.get_delivery(dead_id)
+    assert again is not None and [a.number for a in again.attempt_log] == [1, 2]
+    assert await store.get_delivery("dlv_unknown") is None
+
+
+async def test_dead_letters_are_open_ones_filtered_and_paged_once_each(store: Store) -> None:
+    a, b, c = await store.save_events([
+        event(1, source="s", type_="a.job.failed", handlers=("h1", "h2")),
+        event(2, source="s", type_="a.file.failed", handlers=("h1",)),
+        event(3, source="t", type_="a.job.failed", handlers=("h1",)),
+    ])
+    await _kill_all(store, T0 + 10)
+    every = await store.dead_letters(DeadFilter(), 0, 10)
+    assert len(every) == 4 and [x.seq for x in every] == sorted(x.seq for x in every)
+
+    # A replay of event a for h1 supersedes that dead letter (even before it runs).
+    await store.add_deliveries(a.id, ["h1"], T0 + 20)
+    open_ = {(x.event_id, x.handler) for x in await store.dead_letters(DeadFilter(), 0, 10)}
+    assert open_ == {(a.id, "h2"), (b.id, "h1"), (c.id, "h1")}
+
+    def pairs(letters: list[DeadLetter]) -> set[tuple[str, str]]:
+        return {(x.event_id, x.handler) for x in letters}
+
+    assert pairs(await store.dead_letters(DeadFilter(handler="h1"), 0, 10)) == {
+        (b.id, "h1"), (c.id, "h1")}
+    assert pairs(await store.dead_letters(DeadFilter(source="t"), 0, 10)) == {(c.id, "h1")}
+    assert pairs(await store.dead_letters(DeadFilter(type="a.job.*"), 0, 10)) == {
+        (a.id, "h2"), (c.id, "h1")}
+    assert pairs(await store.dead_letters(DeadFilter(since=T0 + 2, until=T0 + 3), 0, 10)) == {
+        (b.id, "h1")}
+
+    first = await store.dead_letters(DeadFilter(), 0, 2)
+    rest = await store.dead_letters(DeadFilter(), first[-1].seq, 2)
+    assert len(first) == 2 and len(rest) == 1
+    assert pairs(first) | pairs(rest) == open_
+
+
+async def test_handler_rows_backlog_and_attempt_times(store: Store) -> None:
+    from app.store.base import Finished
+
+    await store.save_events([event(1, handlers=("h", "g")), event(2, handlers=("h",)),
+                             event(3, handlers=("h",))])
+    claims = {(c.handler, c.event.payload["n"]): c for c in await store.claim_due("w", T0 + 5, 30, 2)}
+    finished = [Finished(c.delivery_id, "w", 1, T0 + 5 + 0.25 * (i + 1), outcome, status,
+                         error=None if outcome == "succeeded" else "no")
+                for i, (c, (outcome, status)) in enumerate(zip(
+                    claims.values(), [("succeeded", "succeeded"), ("permanent", "dead")],
+                    strict=True))]
+    await store.finish(finished)
+    rows = await store.handler_rows(T0, T0 + 60)
+    by_key = {(h, s): (n, oldest) for h, s, n, oldest in rows.backlog}
+    waiting = {(h, s): n for (h, s), (n, _) in by_key.items()}
+    assert sum(n for (h, s), n in waiting.items() if s == "pending") == 2
+    assert sum(n for (h, s), n in waiting.items() if s == "dead") == 1
+    assert "succeeded" not in {s for _, s in waiting}
+    oldest = {h: o for (h, s), (_, o) in by_key.items() if s == "pending"}
+    assert all(T0 + 1 <= o <= T0 + 3 for o in oldest.values())
+    assert sorted((o, ms, n) for _, o, ms, n in rows.attempts) == [
+        ("permanent", 500, 1), ("succeeded", 250, 1)]
+    assert (await store.handler_rows(T0 + 100, T0 + 200)).attempts == []
+
+
+async def test_source_rows_counts_and_last_event(store: Store) -> None:
+    from app.store.base import IngestCount
+
+    await store.save_events([event(1, source="a"), event(2, source="a"), event(3, source="b")])
+    minute = int((T0 + 2) // 60)
+    await store.add_ingest_counts([IngestCount(minute, "a", "rejected", "unauthorized", 4),
+                                   IngestCount(minute, "a", "duplicate", "", 1)])
+    rows = await store.source_rows(["a", "b", "c"], T0, T0 + 60)
+    assert rows.accepted == {"a": 2, "b": 1}
+    assert sorted((c.source, c.outcome, c.count) for c in rows.counts) == [
+        ("a", "duplicate", 1), ("a", "rejected", 4)]
+    assert rows.last_received == {"a": T0 + 2, "b": T0 + 3}
+    later = await store.source_rows(["a"], T0 + 3600, T0 + 7200)
+    assert later.accepted == {} and later.counts == [] and later.last_received == {"a": T0 + 2}
+
+
+async def test_alerts_add_up_per_subject_and_are_taken_once_per_quiet_period(
+    store: Store,
+) -> None:
+    from app.store.base import AlertNote
+
+    def note(subject: str, count: int, at: float, n: int = 0) -> AlertNote:
+        return AlertNote(subject, "hookline.delivery.dead", count, at, {"n": n})
+
+    await store.note_alerts([note("dead:ops", 600, T0, 1), note("dead:ops", 400, T0 + 2, 2),
+                             note("dead:mail", 1, T0 + 1)])
+    due = {d.subject: d for d in await store.take_alerts(T0 + 5, 300)}
+    assert {s: (d.count, d.first_at, d.last_at, d.data) for s, d in due.items()} == {
+        "dead:ops": (1000, T0, T0 + 2, {"n": 2}), "dead:mail": (1, T0 + 1, T0 + 1, {"n": 0})}
+    assert await store.take_alerts(T0 + 6, 300) == []  # taken: nothing twice
+
+    await store.note_alerts([note("dead:ops", 3, T0 + 10)])
+    assert await store.take_alerts(T0 + 100, 300) == []  # quiet: counted, not taken
+    await store.note_alerts([note("dead:ops", 2, T0 + 200)])
+    [later] = await store.take_alerts(T0 + 305, 300)
+    assert (later.subject, later.count, later.first_at, later.last_at) == (
+        "dead:ops", 5, T0 + 10, T0 + 200)
+
+    assert await store.alert_cursor("dead") is None
+    await store.set_alert_cursor("dead", 7)
+    await store.set_alert_cursor("dead", 9)
+    assert await store.alert_cursor("dead") == 9
 
 
 def _old_event_status(deliveries: list[tuple[int, str, str]]) -> str:

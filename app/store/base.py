@@ -16,7 +16,14 @@ from typing import Any, Literal
 
 from app.store.rejections import NewRejection, RejectionFilter, RejectionPage, RejectionRecord
 from app.store.urls import sqlite_path
-from schemas.records import DeliveryPage, EventPage, EventRecord, NewEvent, Saved
+from schemas.records import (
+    DeliveryPage,
+    DeliveryRecord,
+    EventPage,
+    EventRecord,
+    NewEvent,
+    Saved,
+)
 
 
 class StoreError(Exception):
@@ -41,6 +48,32 @@ class EventFilter:
 # How many rows one page of a `q` search reads at most: a search never turns into a scan of the
 # whole log. A page that reached the bound without filling up still has a next cursor.
 Q_SCAN_ROWS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadFilter:
+    """Which dead deliveries a bulk retry or a replay of dead letters selects; `type` is a glob,
+    `since`/`until` bound the event's arrival, as in every other filter."""
+
+    handler: str | None = None
+    source: str | None = None
+    type: str | None = None
+    since: float | None = None
+    until: float | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One open dead letter: a dead delivery that no later delivery of the same event and
+    handler (a replay) superseded. A retried delivery that died again is the same row, so it
+    is still one dead letter."""
+
+    seq: int
+    id: str
+    event_id: str
+    event_type: str
+    handler: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +130,52 @@ class StatsRows:
             failed_per_minute={r[0]: r[1] for r in failed},
             dead=dead,
         )
+
+
+@dataclass(slots=True)
+class HandlerRows:
+    """The raw aggregates behind `/api/handlers`, shaped by `app.health`."""
+
+    backlog: list[tuple[str, str, int, float]]
+    """(handler, status, count, oldest created_at) of pending, running and dead deliveries."""
+    attempts: list[tuple[str, str, int, int]]
+    """(handler, outcome, duration in whole milliseconds, count) of attempts ended in the
+    window: a histogram exact to the millisecond, whatever the number of attempts."""
+
+
+@dataclass(slots=True)
+class SourceRows:
+    """The raw aggregates behind `/api/sources`, shaped by `app.health`."""
+
+    accepted: dict[str, int]
+    """Events stored per source in the window."""
+    counts: list[IngestCount]
+    """Duplicates and rejections per minute of the window."""
+    last_received: dict[str, float]
+    """When each source's newest event arrived (sources with none are absent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertNote:
+    """`count` occurrences of an alert's subject at `at`; `data` describes the latest."""
+
+    subject: str
+    type: str
+    count: int
+    at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDue:
+    """A subject's occurrences since its last alert, taken to be reported as one."""
+
+    subject: str
+    type: str
+    count: int
+    first_at: float
+    last_at: float
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +324,15 @@ class Store(abc.ABC):
         included; the per-minute figures start at minute `minutes_from` (unix seconds // 60)."""
 
     @abc.abstractmethod
+    async def handler_rows(self, since: float, until: float) -> HandlerRows:
+        """Every handler's backlog now, and its attempts that ended in [since, until]."""
+
+    @abc.abstractmethod
+    async def source_rows(self, sources: Sequence[str], since: float, until: float) -> SourceRows:
+        """Per source: events stored and requests refused in [since, until], and when the
+        newest event of each of `sources` arrived."""
+
+    @abc.abstractmethod
     async def gauges(self) -> Gauges:
         """Deliveries waiting, leased and dead right now."""
 
@@ -294,9 +382,43 @@ class Store(abc.ABC):
         """Deliveries newest first, keyset-paginated."""
 
     @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        """One delivery with its event's type and its attempts."""
+
+    @abc.abstractmethod
+    async def dead_letters(
+        self, filters: DeadFilter, after: int, limit: int
+    ) -> list[DeadLetter]:
+        """Open dead letters past position `after`, oldest first: dead deliveries with no later
+        delivery of the same event and handler. Paging on from the last one's `seq` selects
+        each once, even while the ones already selected are retried and die again."""
+
+    @abc.abstractmethod
+    async def retry_dead(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        """Put the named deliveries that are dead back to `pending`, due at `now`, their
+        attempts kept and counted on; the ids that were dead (and now are pending)."""
+
+    @abc.abstractmethod
     async def prune(self, before: float) -> int:
         """Delete events received before `before`, with their deliveries and attempts."""
 
+
+    # Alerts hookline raises about itself.
+
+    @abc.abstractmethod
+    async def note_alerts(self, notes: Sequence[AlertNote]) -> None:
+        """Add occurrences to their subjects' counts (the latest `data` kept)."""
+
+    @abc.abstractmethod
+    async def take_alerts(self, now: float, quiet_seconds: float) -> list[AlertDue]:
+        """The subjects with occurrences whose last alert is at least `quiet_seconds` old (or
+        that never had one): their counts reset and their alert marked sent at `now`."""
+
+    @abc.abstractmethod
+    async def alert_cursor(self, name: str) -> int | None: ...
+
+    @abc.abstractmethod
+    async def set_alert_cursor(self, name: str, position: int) -> None: ...
 
     # Upstream bookkeeping.
 

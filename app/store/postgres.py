@@ -24,14 +24,20 @@ from app.ids import new_id
 from app.store import rejections
 from app.store.base import (
     Q_SCAN_ROWS,
+    AlertDue,
+    AlertNote,
     Claim,
+    DeadFilter,
+    DeadLetter,
     EventFilter,
     Finished,
     Gauges,
+    HandlerRows,
     IngestCount,
     LatestEvent,
     Outcome,
     PollClaim,
+    SourceRows,
     StatsRows,
     Store,
     StoreError,
@@ -234,6 +240,17 @@ WITH touched AS (
 )
 UPDATE events e SET status = verdict.status FROM verdict
 WHERE e.id = verdict.event_id AND e.status <> verdict.status
+"""
+
+# Open dead letters in position order (deliveries_status serves `status = 'dead' AND seq > $1`;
+# deliveries_event serves the check for a later delivery of the same event and handler).
+_DEAD_LETTERS = """
+SELECT d.seq, d.id, d.event_id, e.type, d.handler FROM deliveries d
+JOIN events e ON e.id = d.event_id
+WHERE d.status = 'dead' AND {where}
+AND NOT EXISTS (SELECT 1 FROM deliveries later WHERE later.event_id = d.event_id
+                AND later.handler = d.handler AND later.seq > d.seq)
+ORDER BY d.seq LIMIT {limit}
 """
 
 
@@ -566,6 +583,37 @@ class PostgresStore(Store):
         gauges = await self.gauges()
         return StatsRows.from_rows(events, accepted, counts, attempts, failed, gauges.dead)
 
+    async def handler_rows(self, since: float, until: float) -> HandlerRows:
+        async with self._conn() as conn:
+            backlog = await conn.fetch(
+                "SELECT handler, status, count(*), min(created_at) FROM deliveries "
+                "WHERE status IN ('pending', 'running', 'dead') GROUP BY handler, status")
+            attempts = await conn.fetch(
+                "SELECT d.handler, a.outcome, "
+                "round((a.ended_at - a.started_at) * 1000)::bigint AS ms, count(*) "
+                "FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
+                "WHERE a.ended_at >= $1 AND a.ended_at <= $2 GROUP BY 1, 2, 3", since, until)
+        return HandlerRows([(r[0], r[1], r[2], r[3]) for r in backlog],
+                           [(r[0], r[1], r[2], r[3]) for r in attempts])
+
+    async def source_rows(self, sources: Sequence[str], since: float, until: float) -> SourceRows:
+        async with self._conn() as conn:
+            accepted = await conn.fetch(
+                "SELECT source, count(*) FROM events WHERE received_at >= $1 "
+                "AND received_at <= $2 GROUP BY source", since, until)
+            counts = await conn.fetch(
+                "SELECT minute, source, outcome, reason, count FROM ingest_counts "
+                "WHERE minute >= $1 AND minute <= $2", int(since // 60), int(until // 60))
+            # One probe of events_source per source. Written as a range ordered by (source,
+            # seq), which only that index yields: with `source = ...` the planner walks the
+            # primary key backwards instead, through the whole log for a quiet source.
+            last = await conn.fetch(
+                "SELECT s.name, (SELECT received_at FROM events WHERE source >= s.name "
+                "AND source <= s.name ORDER BY source DESC, seq DESC LIMIT 1) "
+                "FROM unnest($1::text[]) AS s(name)", list(sources))
+        return SourceRows({r[0]: r[1] for r in accepted}, [IngestCount(*r) for r in counts],
+                          {r[0]: r[1] for r in last if r[1] is not None})
+
     async def gauges(self) -> Gauges:
         async with self._conn() as conn:
             rows = await conn.fetch(
@@ -674,10 +722,97 @@ class PostgresStore(Store):
         next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return DeliveryPage(items=items, next_cursor=next_cursor)
 
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                "SELECT d.*, e.type AS event_type FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id WHERE d.id = $1", delivery_id)
+            if row is None:
+                return None
+            attempts = await conn.fetch(
+                "SELECT number, started_at, ended_at, outcome, error, http_status "
+                "FROM attempts WHERE delivery_id = $1 ORDER BY number", delivery_id)
+        delivery = _delivery_record(row)
+        delivery.attempt_log = [AttemptRecord(**dict(a)) for a in attempts]
+        return delivery
+
+    async def dead_letters(
+        self, filters: DeadFilter, after: int, limit: int
+    ) -> list[DeadLetter]:
+        clauses: list[tuple[str, Any]] = [
+            ("d.seq > ?", after),
+            ("d.handler = ?", filters.handler),
+            ("e.source = ?", filters.source),
+            ("e.type LIKE ?", _glob_to_like(filters.type) if filters.type else None),
+            ("e.received_at >= ?", filters.since),
+            ("e.received_at < ?", filters.until),
+            ("d.event_id = ?", filters.event_id),
+        ]
+        where, params = _numbered([(sql, v) for sql, v in clauses if v is not None])
+        params.append(limit)
+        sql = _DEAD_LETTERS.format(where=" AND ".join(where), limit=f"${len(params)}")
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *params)
+        return [DeadLetter(*row) for row in rows]
+
+    async def retry_dead(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        if not delivery_ids:
+            return []
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 "
+                "WHERE status = 'dead' AND id = ANY($2::text[]) RETURNING id",
+                now, list(delivery_ids))
+            retried = [row["id"] for row in rows]
+            await conn.execute(_REFRESH_STATUS, retried)
+            if retried:  # workers elsewhere wake as for new deliveries
+                await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        return retried
+
     async def prune(self, before: float) -> int:
         async with self._tx() as conn:
             status = await conn.execute("DELETE FROM events WHERE received_at < $1", before)
         return int(status.split()[-1])
+
+    # Alerts.
+
+    async def note_alerts(self, notes: Sequence[AlertNote]) -> None:
+        if not notes:
+            return
+        async with self._tx() as conn:
+            await conn.executemany(
+                "INSERT INTO alerts (subject, type, pending, first_at, last_at, data) "
+                "VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (subject) DO UPDATE SET "
+                "pending = alerts.pending + excluded.pending, first_at = CASE "
+                "WHEN alerts.pending = 0 THEN excluded.first_at ELSE alerts.first_at END, "
+                "last_at = excluded.last_at, data = excluded.data, type = excluded.type",
+                [(n.subject, n.type, n.count, n.at, json.dumps(n.data)) for n in notes])
+
+    async def take_alerts(self, now: float, quiet_seconds: float) -> list[AlertDue]:
+        async with self._conn() as conn:
+            # The rows are locked by the update, so two processes never take the same count.
+            rows = await conn.fetch(
+                "WITH due AS (SELECT subject, type, pending, first_at, last_at, data "
+                "FROM alerts WHERE pending > 0 AND (sent_at IS NULL OR sent_at <= $2) "
+                "FOR UPDATE) UPDATE alerts a SET pending = 0, first_at = NULL, sent_at = $1 "
+                "FROM due WHERE a.subject = due.subject RETURNING due.subject, due.type, "
+                "due.pending, due.first_at, due.last_at, due.data",
+                now, now - quiet_seconds)
+        rows = sorted(rows, key=lambda r: r["first_at"])
+        return [AlertDue(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    async def alert_cursor(self, name: str) -> int | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(
+                "SELECT position FROM alert_cursors WHERE name = $1", name)
+        return None if value is None else int(value)
+
+    async def set_alert_cursor(self, name: str, position: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "INSERT INTO alert_cursors (name, position) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position", name, position)
 
     # Upstream bookkeeping.
 

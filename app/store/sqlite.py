@@ -23,14 +23,20 @@ from app.ids import new_id
 from app.store import rejections
 from app.store.base import (
     Q_SCAN_ROWS,
+    AlertDue,
+    AlertNote,
     Claim,
+    DeadFilter,
+    DeadLetter,
     EventFilter,
     Finished,
     Gauges,
+    HandlerRows,
     IngestCount,
     LatestEvent,
     Outcome,
     PollClaim,
+    SourceRows,
     StatsRows,
     Store,
     StoreError,
@@ -112,6 +118,11 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+async def _fetchall(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    """Every row of one statement, as a list (aiosqlite types its answer as an iterable)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
@@ -170,7 +181,7 @@ class SQLiteStore(Store):
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL DEFAULT (unixepoch()))"
         )
-        rows = await conn.execute_fetchall("SELECT version FROM schema_migrations")
+        rows = await _fetchall(conn, "SELECT version FROM schema_migrations")
         done = {row[0] for row in rows}
         applied = []
         for version, sql in _migrations():
@@ -200,8 +211,8 @@ class SQLiteStore(Store):
     async def ping(self) -> None:
         self._check_file()
         try:
-            await self.reader.execute_fetchall("SELECT 1 FROM schema_migrations LIMIT 1")
-            await self.writer.execute_fetchall("SELECT 1")
+            await _fetchall(self.reader, "SELECT 1 FROM schema_migrations LIMIT 1")
+            await _fetchall(self.writer, "SELECT 1")
         except _SQLITE_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
@@ -224,7 +235,7 @@ class SQLiteStore(Store):
         # costs one round trip to the connection's thread: under load each trip waits its turn
         # on a busy event loop, and those waits are most of a batch's latency.
         try:
-            rows = await conn.execute_fetchall(_INSERT_EVENTS_JSON, (_events_json(events),))
+            rows = await _fetchall(conn, _INSERT_EVENTS_JSON, (_events_json(events),))
             return list(await self._resolve(conn, events, {row[0] for row in rows}))
         except _SQLITE_ERRORS:
             await _rollback(conn)
@@ -264,7 +275,7 @@ class SQLiteStore(Store):
             if event.id in inserted:
                 results.append(Saved(event.id, duplicate=False))
                 continue
-            first = await conn.execute_fetchall(
+            first = await _fetchall(conn,
                 "SELECT id FROM events WHERE source = ? AND dedupe_key = ?",
                 (event.source, event.dedupe_key),
             )
@@ -273,7 +284,7 @@ class SQLiteStore(Store):
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         try:
-            rows = await self.reader.execute_fetchall(
+            rows = await _fetchall(self.reader,
                 f"SELECT {_EVENT_COLUMNS}, headers, query, payload FROM events WHERE id = ?",
                 (event_id,),
             )
@@ -286,13 +297,13 @@ class SQLiteStore(Store):
             raise StoreError(str(exc)) from exc
 
     async def _deliveries(self, event_id: str) -> list[DeliveryRecord]:
-        rows = await self.reader.execute_fetchall(
+        rows = await _fetchall(self.reader,
             "SELECT * FROM deliveries WHERE event_id = ? ORDER BY created_at, handler",
             (event_id,),
         )
         deliveries = [_delivery_record(row) for row in rows]
         for delivery in deliveries:
-            attempts = await self.reader.execute_fetchall(
+            attempts = await _fetchall(self.reader,
                 "SELECT number, started_at, ended_at, outcome, error, http_status "
                 "FROM attempts WHERE delivery_id = ? ORDER BY number",
                 (delivery.id,),
@@ -405,6 +416,26 @@ class SQLiteStore(Store):
         gauges = await self.gauges()
         return StatsRows.from_rows(events, accepted, counts, attempts, failed, gauges.dead)
 
+    async def handler_rows(self, since: float, until: float) -> HandlerRows:
+        backlog = await self._read(_BACKLOG, [])
+        attempts = await self._read(_ATTEMPT_TIMES, [since, until])
+        return HandlerRows([(r[0], r[1], r[2], r[3]) for r in backlog],
+                           [(r[0], r[1], r[2], r[3]) for r in attempts])
+
+    async def source_rows(self, sources: Sequence[str], since: float, until: float) -> SourceRows:
+        accepted = await self._read(
+            "SELECT source, count(*) FROM events WHERE received_at >= ? AND received_at <= ? "
+            "GROUP BY source", [since, until])
+        counts = await self._read(
+            "SELECT minute, source, outcome, reason, count FROM ingest_counts "
+            "WHERE minute >= ? AND minute <= ?", [int(since // 60), int(until // 60)])
+        last: dict[str, float] = {}
+        for source in sources:
+            rows = await self._read(_LAST_OF_SOURCE, [source])
+            if rows:
+                last[source] = rows[0][0]
+        return SourceRows({r[0]: r[1] for r in accepted}, [IngestCount(*r) for r in counts], last)
+
     async def gauges(self) -> Gauges:
         rows = await self._read(
             "SELECT status, count(*) FROM deliveries "
@@ -440,7 +471,7 @@ class SQLiteStore(Store):
         sql, params = _due(now, limit, per_handler)
 
         async def steps(conn: aiosqlite.Connection) -> list[Claim]:
-            rows = await conn.execute_fetchall(sql, params)
+            rows = await _fetchall(conn, sql, params)
             ids = [row[0] for row in rows]
             if not ids:
                 return []
@@ -453,7 +484,7 @@ class SQLiteStore(Store):
                 f"WHERE id IN ({marks})",
                 (owner, now + lease_seconds, now, *ids),
             )
-            claimed = await conn.execute_fetchall(
+            claimed = await _fetchall(conn,
                 f"SELECT d.id AS delivery_id, d.handler, d.attempts, {_EVENT_COLUMNS_E}, "
                 f"e.headers, e.query, e.payload, e.body FROM deliveries d "
                 f"JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks})",
@@ -481,7 +512,7 @@ class SQLiteStore(Store):
 
         async def steps(conn: aiosqlite.Connection) -> list[bool | StoreError]:
             await conn.execute(_FINISH_ATTEMPTS, (batch,))
-            rows = await conn.execute_fetchall(_FINISH_DELIVERIES, (batch,))
+            rows = await _fetchall(conn, _FINISH_DELIVERIES, (batch,))
             held = {(row[0], row[1]) for row in rows}
             await _refresh_event_status(conn, [r.delivery_id for r in results])
             return [(r.delivery_id, r.attempt) in held for r in results]
@@ -532,7 +563,7 @@ class SQLiteStore(Store):
 
     async def next_due_at(self) -> float | None:
         try:
-            rows = await self.reader.execute_fetchall(
+            rows = await _fetchall(self.reader,
                 "SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM deliveries "
                 "WHERE status = 'pending' UNION ALL SELECT min(lease_expires_at) FROM deliveries "
                 "WHERE status = 'running')"
@@ -580,12 +611,62 @@ class SQLiteStore(Store):
             sql += " WHERE " + " AND ".join(clause for clause, _ in used)
         sql += " ORDER BY d.seq DESC LIMIT ?"
         try:
-            rows = await self.reader.execute_fetchall(sql, [v for _, v in used] + [limit + 1])
+            rows = await _fetchall(self.reader, sql, [v for _, v in used] + [limit + 1])
         except _SQLITE_ERRORS as exc:
             raise StoreError(str(exc)) from exc
         items = [_delivery_record(row) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return DeliveryPage(items=items, next_cursor=next_cursor)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        rows = await self._read(
+            "SELECT d.*, e.type AS event_type FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE d.id = ?", [delivery_id])
+        if not rows:
+            return None
+        delivery = _delivery_record(rows[0])
+        attempts = await self._read(
+            "SELECT number, started_at, ended_at, outcome, error, http_status "
+            "FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
+        delivery.attempt_log = [AttemptRecord(**dict(row)) for row in attempts]
+        return delivery
+
+    async def dead_letters(
+        self, filters: DeadFilter, after: int, limit: int
+    ) -> list[DeadLetter]:
+        clauses: list[tuple[str, Any]] = [
+            ("d.handler = ?", filters.handler),
+            ("e.source = ?", filters.source),
+            ("e.type GLOB ?", filters.type),
+            ("e.received_at >= ?", filters.since),
+            ("e.received_at < ?", filters.until),
+            ("d.event_id = ?", filters.event_id),
+        ]
+        used = [(sql, value) for sql, value in clauses if value is not None]
+        rows = await self._read(
+            _DEAD_LETTERS.format(where="".join(f" AND {sql}" for sql, _ in used)),
+            [after, *(value for _, value in used), limit],
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def retry_dead(self, delivery_ids: Sequence[str], now: float) -> list[str]:
+        if not delivery_ids:
+            return []
+        marks = ",".join("?" * len(delivery_ids))
+
+        async def steps(conn: aiosqlite.Connection) -> list[str]:
+            rows = await conn.execute_fetchall(
+                f"UPDATE deliveries SET status = 'pending', next_attempt_at = ?, "
+                f"lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                f"WHERE status = 'dead' AND id IN ({marks}) RETURNING id",
+                (now, now, *delivery_ids),
+            )
+            retried = [row[0] for row in rows]
+            await _refresh_event_status(conn, retried)
+            return retried
+
+        retried: list[str] = await self._write(steps)
+        return retried
 
     async def prune(self, before: float) -> int:
         async def steps(conn: aiosqlite.Connection) -> int:
@@ -595,11 +676,49 @@ class SQLiteStore(Store):
         pruned: int = await self._write(steps)
         return pruned
 
+    # Alerts.
+
+    async def note_alerts(self, notes: Sequence[AlertNote]) -> None:
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                _NOTE_ALERT, [(n.subject, n.type, n.count, n.at, n.at, json.dumps(n.data))
+                              for n in notes])
+
+        if notes:
+            await self._write(steps)
+
+    async def take_alerts(self, now: float, quiet_seconds: float) -> list[AlertDue]:
+        async def steps(conn: aiosqlite.Connection) -> list[AlertDue]:
+            rows = await conn.execute_fetchall(
+                "SELECT subject, type, pending, first_at, last_at, data FROM alerts "
+                "WHERE pending > 0 AND (sent_at IS NULL OR sent_at <= ?) ORDER BY first_at",
+                (now - quiet_seconds,))
+            due = [AlertDue(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+            await conn.executemany(
+                "UPDATE alerts SET pending = 0, first_at = NULL, sent_at = ? WHERE subject = ?",
+                [(now, d.subject) for d in due])
+            return due
+
+        taken: list[AlertDue] = await self._write(steps)
+        return taken
+
+    async def alert_cursor(self, name: str) -> int | None:
+        rows = await self._read("SELECT position FROM alert_cursors WHERE name = ?", [name])
+        return int(rows[0][0]) if rows else None
+
+    async def set_alert_cursor(self, name: str, position: int) -> None:
+        async def steps(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO alert_cursors (name, position) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position", (name, position))
+
+        await self._write(steps)
+
     # Upstream bookkeeping.
 
     async def take_budget(self, key: str, limit: int, now: float) -> int | None:
         async def steps(conn: aiosqlite.Connection) -> int | None:
-            rows = await conn.execute_fetchall(
+            rows = await _fetchall(conn,
                 "INSERT INTO budgets (key, used, updated_at) SELECT ?, 1, ? WHERE ? > 0 "
                 "ON CONFLICT (key) DO UPDATE SET used = used + 1, updated_at = excluded.updated_at "
                 "WHERE used < ? RETURNING used",
@@ -667,7 +786,7 @@ class SQLiteStore(Store):
         self, owner: str, now: float, lease_seconds: float, limit: int
     ) -> list[PollClaim]:
         async def steps(conn: aiosqlite.Connection) -> list[PollClaim]:
-            rows = await conn.execute_fetchall(
+            rows = await _fetchall(conn,
                 "UPDATE polls SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
                 "attempts = attempts + 1, updated_at = ? WHERE id IN (SELECT id FROM polls "
                 "WHERE (status = 'waiting' AND next_at <= ?) OR (status = 'running' "
@@ -769,7 +888,7 @@ class SQLiteStore(Store):
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         try:
-            return list(await self.reader.execute_fetchall(sql, params))
+            return list(await _fetchall(self.reader, sql, params))
         except _SQLITE_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
@@ -810,6 +929,43 @@ def _due(
     params: list[Any] = [v for h, n in wanted for v in (h, now, n, h, now, n)]
     return f"SELECT id FROM ({union}) ORDER BY due LIMIT ?", [*params, limit]
 
+
+# Health: each handler's backlog from deliveries_backlog (status, handler, created_at) alone;
+# attempt times from attempts_ended (the window) with each attempt's delivery by its key; the
+# newest event of a source from events_source (source, seq), one row read.
+_BACKLOG = """
+SELECT handler, status, count(*), min(created_at) FROM deliveries
+WHERE status IN ('pending', 'running', 'dead') GROUP BY handler, status
+"""
+_ATTEMPT_TIMES = """
+SELECT d.handler, a.outcome, CAST(round((a.ended_at - a.started_at) * 1000) AS INTEGER) AS ms,
+       count(*)
+FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+WHERE a.ended_at >= ? AND a.ended_at <= ? GROUP BY 1, 2, 3
+"""
+_LAST_OF_SOURCE = "SELECT received_at FROM events WHERE source = ? ORDER BY seq DESC LIMIT 1"
+
+# A subject's first pending occurrence opens its span; later ones extend it.
+_NOTE_ALERT = """
+INSERT INTO alerts (subject, type, pending, first_at, last_at, data) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (subject) DO UPDATE SET pending = alerts.pending + excluded.pending,
+    first_at = CASE WHEN alerts.pending = 0 THEN excluded.first_at ELSE alerts.first_at END,
+    last_at = excluded.last_at, data = excluded.data, type = excluded.type
+"""
+
+# Open dead letters in position order (deliveries_status serves `status = 'dead' AND seq > ?`;
+# deliveries_event serves the check for a later delivery of the same event and handler: named,
+# because the planner otherwise takes deliveries_handler and reads the handler's whole history
+# past each dead letter, minutes on a million deliveries).
+_DEAD_LETTERS = """
+SELECT d.seq, d.id, d.event_id, e.type, d.handler FROM deliveries d
+JOIN events e ON e.id = d.event_id
+WHERE d.status = 'dead' AND d.seq > ?{where}
+AND NOT EXISTS (SELECT 1 FROM deliveries later INDEXED BY deliveries_event
+                WHERE later.event_id = d.event_id
+                AND later.handler = d.handler AND later.seq > d.seq)
+ORDER BY d.seq LIMIT ?
+"""
 
 _EVENT_COLUMNS_E = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
 
