@@ -8,6 +8,7 @@ plain functions: Playwright's sync API refuses to run inside an asyncio loop.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -181,7 +182,7 @@ def test_live_event_detail_and_replay(tmp_path: Path) -> None:
         # The event is a modal dialog: Escape closes it and the address loses the event.
         page.keyboard.press("Escape")
         expect(detail).to_be_hidden(timeout=WAIT)
-        assert "event=" not in page.evaluate("location.hash")
+        expect(page).not_to_have_url(re.compile("event="), timeout=WAIT)
         page.locator("#events tbody tr").first.locator('a[data-kind="job"]').click()
         expect(page.locator("#lifecycle-body")).to_contain_text("job-7", timeout=WAIT)
 

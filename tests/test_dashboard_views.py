@@ -105,6 +105,9 @@ def seeded(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
         refused = httpx.post(f"{server.url}/webhooks/billing", content=standard_body(),
                              headers=signed, timeout=10)
         assert refused.status_code == 401, refused.text
+        # Rejections are written by the maintenance tick, a moment after the answer.
+        wait_until(lambda: bool(
+            httpx.get(f"{server.url}/api/rejections", timeout=5).json()["items"]))
         deliveries = httpx.get(f"{server.url}/api/deliveries?status=dead", timeout=5).json()
         yield server, {"dead_event": dead_id, "dead_delivery": deliveries["items"][0]["id"],
                        "plain_event": plain.json()["id"]}
