@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: Debian's chromium, driven by Playwright, against `hookline serve`.
+"""The dashboard in a real browser: Debian's chromium, driven by Playwright, on `hookline serve`.
 
 Skipped when /usr/bin/chromium is missing, unless HOOKLINE_REQUIRE_BROWSER is set (CI sets it),
 in which case a missing browser fails. Playwright never downloads a browser here. The tests are
@@ -29,7 +29,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-# Screenshots go to $HOOKLINE_SCREENSHOTS when set (CI keeps that folder), else to the test's tmp_path.
+# Screenshots go to $HOOKLINE_SCREENSHOTS when set (CI keeps that folder), else to tmp_path.
 SCREENSHOTS_ENV = "HOOKLINE_SCREENSHOTS"
 ADMIN_TOKEN = "dashboard-admin-token-0123456789"
 READ_TOKEN = "dashboard-read-token-0123456789"

@@ -18,9 +18,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from test_dashboard import WAIT, browser_page, require_browser, screenshot_dir
+
 from conftest import STANDARD_SECRET, sample, standard_body, standard_headers
 from server import ServerProcess, Sink, running_server, wait_until
-from test_dashboard import WAIT, browser_page, require_browser, screenshot_dir
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
