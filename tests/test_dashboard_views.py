@@ -8,6 +8,7 @@ $HOOKLINE_SCREENSHOTS when set, else in the test's tmp_path; never in the reposi
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,6 +199,7 @@ def test_deep_links_open_the_right_view(tmp_path: Path) -> None:
             # Escape closes; back opens the same event again, forward closes it again.
             page.keyboard.press("Escape")
             expect(dialog).to_be_hidden(timeout=WAIT)
+            expect(page).not_to_have_url(re.compile("event="), timeout=WAIT)
             page.go_back()
             expect(page.locator("#detail-id")).to_have_text(ids["dead_event"], timeout=WAIT)
             expect(dialog).to_be_visible()
