@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: Debian's chromium, driven by Playwright, against `hookline serve`.
+"""The dashboard in a real browser: Debian's chromium, driven by Playwright, on `hookline serve`.
 
 Skipped when /usr/bin/chromium is missing, unless HOOKLINE_REQUIRE_BROWSER is set (CI sets it),
 in which case a missing browser fails. Playwright never downloads a browser here. The tests are
@@ -8,6 +8,7 @@ plain functions: Playwright's sync API refuses to run inside an asyncio loop.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).parent / "artifacts"
+# Screenshots go to $HOOKLINE_SCREENSHOTS when set (CI keeps that folder), else to tmp_path.
+SCREENSHOTS_ENV = "HOOKLINE_SCREENSHOTS"
 ADMIN_TOKEN = "dashboard-admin-token-0123456789"
 READ_TOKEN = "dashboard-read-token-0123456789"
 WAIT = 15_000  # ms: generous for a loaded CI machine; every wait ends as soon as it holds
@@ -90,17 +92,25 @@ def post_event(server: ServerProcess, msg_id: str, job_id: str) -> str:
     return event_id
 
 
+def screenshot_dir(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextmanager
-def browser_page(server: ServerProcess, missing: tuple[str, ...] = ()) -> Iterator[Page]:
-    """A fresh page at 1280 px wide, where the paths in `missing` answer 404 as an older server
-    would; fails the test on any uncaught script error or Content-Security-Policy violation."""
+def browser_page(server: ServerProcess, missing: tuple[str, ...] = (), width: int = 1280,
+                 start: str = "/") -> Iterator[Page]:
+    """A fresh page `width` px wide at `start`, where the paths in `missing` answer 404 as an
+    older server would; fails the test on any uncaught script error or Content-Security-Policy
+    violation."""
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": width, "height": 900})
             page.on("pageerror", lambda error: errors.append(str(error)))
             # A Content-Security-Policy violation is only a console message: fail on it too.
             page.on("console", lambda message: errors.append(message.text)
@@ -109,7 +119,7 @@ def browser_page(server: ServerProcess, missing: tuple[str, ...] = ()) -> Iterat
                 page.route(f"{server.url}{path}*", lambda route: route.fulfill(
                     status=404, content_type="application/json",
                     body='{"error": {"code": "not_found", "message": "Not Found", "details": []}}'))
-            page.goto(f"{server.url}/")
+            page.goto(f"{server.url}{start}")
             yield page
         finally:
             browser.close()
@@ -167,10 +177,13 @@ def test_live_event_detail_and_replay(tmp_path: Path) -> None:
         expect(detail.locator('.delivery[data-status="succeeded"]')).to_have_count(2,
                                                                                     timeout=WAIT)
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(screenshot_dir(tmp_path) / "dashboard.png"), full_page=True)
 
-        page.locator("#events tbody tr").first.locator('button[data-kind="job"]').click()
+        # The event is a modal dialog: Escape closes it and the address loses the event.
+        page.keyboard.press("Escape")
+        expect(detail).to_be_hidden(timeout=WAIT)
+        expect(page).not_to_have_url(re.compile("event="), timeout=WAIT)
+        page.locator("#events tbody tr").first.locator('a[data-kind="job"]').click()
         expect(page.locator("#lifecycle-body")).to_contain_text("job-7", timeout=WAIT)
 
         expect(page.locator("#dead-letters")).to_contain_text("None", timeout=WAIT)
@@ -226,8 +239,12 @@ def test_what_senders_send_is_shown_as_text_never_as_markup(tmp_path: Path) -> N
         expect(page.locator("#detail-payload")).to_contain_text("onerror", timeout=WAIT)
         page.click("#raw-button")
         expect(page.locator("#raw-body")).to_contain_text("onerror", timeout=WAIT)
-        page.locator("#lifecycle-id").fill(hostile)
-        page.click("#lifecycle-open")
+        page.keyboard.press("Escape")
+        expect(page.locator("#detail")).to_be_hidden(timeout=WAIT)
+        page.fill("#search-input", hostile)  # a "/" in an id is no path segment: not found
+        page.click("#search-go")
+        expect(page.locator("#search-result")).to_contain_text(hostile, timeout=WAIT)
+        row.locator('a[data-kind="job"]').click()
         expect(page.locator("#lifecycle-body")).to_contain_text(hostile, timeout=WAIT)
         assert page.locator("#app img, #injected").count() == 0
         assert page.evaluate("window.pwned") is None
