@@ -481,15 +481,21 @@ async def get_rejection(request: Request) -> Response:
 
 
 def dead_filter(body: Mapping[str, Any], now: float) -> DeadFilter:
-    """The filter of a bulk retry; `status`, if given, can only be `dead`."""
+    """The filter of a bulk retry; `status`, if given, can only be `dead`. Something must be
+    said: an empty body (a bare `curl -X POST`) retries nothing, as with a bulk replay; every
+    dead letter is `{"status": "dead"}`."""
     status = _str_or_none(body, "status")
     if status not in (None, "dead"):
         raise BadRequest("status must be dead: only dead deliveries are retried")
-    return DeadFilter(
+    selection = DeadFilter(
         handler=_str_or_none(body, "handler"), source=_str_or_none(body, "source"),
         type=_str_or_none(body, "type"), since=_when(body, "since", now),
         until=_when(body, "until", now),
     )
+    if status is None and selection == DeadFilter():
+        raise BadRequest("say which dead deliveries to retry: a filter (handler, source, type, "
+                         'since, until), or {"status": "dead"} for all of them')
+    return selection
 
 
 async def retry_delivery(request: Request) -> Response:

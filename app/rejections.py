@@ -134,10 +134,11 @@ class RejectionLog:
         source: SourceSettings | None, dropped_before: int,
     ) -> NewRejection:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if source is not None:
-            headers = auth.strip_secret_headers(headers, source.auth, self.secret_headers)
-        else:
-            headers = {k: v for k, v in headers.items() if k.lower() not in self.secret_headers}
+        # Stripped as a stored event's are, whether or not the source exists: a sender that
+        # posts to a mistyped source still sends its real credentials.
+        drop = (auth.dropped_headers(source.auth, self.secret_headers, source.secret_headers)
+                if source is not None else self.secret_headers)
+        headers = auth.strip_headers(headers, drop)
         whole = scope.get("state", {}).get(BODY_KEY) if source is not None else None
         body = body_bytes = None
         truncated = False

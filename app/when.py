@@ -29,9 +29,13 @@ def parse_when(text: str | float, now: float) -> float:
     if isinstance(text, bool):
         raise BadValue(f"not a time: {text!r} ({WHEN_HELP})")
     if isinstance(text, int | float):
-        if not math.isfinite(text):
-            raise BadValue(f"not a time: {text!r} ({WHEN_HELP})")
-        return float(text)
+        try:
+            seconds = float(text)  # an int of hundreds of digits overflows a float
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise BadValue(f"not a time: {str(text)[:40]!r} ({WHEN_HELP})")
+        return seconds
     stripped = text.strip()
     number = stripped[:-1]
     if stripped[-1:] in _UNITS and number.isascii() and number.replace(".", "", 1).isdigit():

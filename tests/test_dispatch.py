@@ -379,12 +379,15 @@ async def test_bulk_retry_selects_each_dead_delivery_once(env: Any, clock: FakeC
     done = await client.post("/api/deliveries/retry", json={"type": "file.*"})
     assert done.status_code == 202 and done.json()["deliveries"] == 3
     assert len(done.json()["ids"]) == 3
-    assert (await client.post("/api/deliveries/retry", json={})).json()["deliveries"] == 0
+    again = await client.post("/api/deliveries/retry", json={"status": "dead"})
+    assert again.json()["deliveries"] == 0
+    # Saying nothing retries nothing: an empty body is refused, as a bulk replay's is.
+    assert (await client.post("/api/deliveries/retry", json={})).status_code == 400
     assert await worker(runtime).run_once() == 3  # each once, and each dead again
     for event_id in ids:
         [d] = await deliveries(client, event_id)
         assert d["status"] == "dead" and d["attempts"] == 2
-    redo = await client.post("/api/deliveries/retry", json={"dry_run": True})
+    redo = await client.post("/api/deliveries/retry", json={"status": "dead", "dry_run": True})
     assert redo.json()["deliveries"] == 3
 
 

@@ -432,3 +432,17 @@ async def test_reading_rejections_needs_the_read_scope(
             assert (await client.get(path)).status_code == 401
         read = {"authorization": "Bearer read-0123456789"}
         assert (await client.get("/api/rejections", headers=read)).status_code == 200
+
+
+def test_a_rejection_keeps_no_credential_header_even_for_an_unknown_source() -> None:
+    from app.config import RejectionSettings
+    from app.errors import UnknownSource
+    from app.rejections import RejectionLog
+
+    log = RejectionLog(RejectionSettings(), {})
+    scope = {"path_params": {"source": "typo"}, "client": ("127.0.0.1", 1), "state": {},
+             "headers": [(b"x-acme-token", b"SUPERSECRET"), (b"x-partner-signature", b"sig"),
+                         (b"x-hookline-recorded", b"1"), (b"user-agent", b"u")]}
+    assert log.record(scope, UnknownSource(), 1_790_000_000.0)
+    [row] = log._rows
+    assert row.headers == {"user-agent": "u"}

@@ -527,3 +527,18 @@ async def test_idle_tails_share_one_look_at_the_store(tmp_path: Path, clock: Fak
                 await tail.leave()
         finally:
             monkey.undo()
+
+
+async def test_a_time_too_large_for_a_float_is_a_400(client: httpx.AsyncClient) -> None:
+    for path in ("/api/replay", "/api/deliveries/retry"):
+        answer = await client.post(path, json={"since": 10 ** 400, "dry_run": True})
+        assert_error(answer, 400, "bad_request")
+
+
+async def test_a_forged_rejections_cursor_is_a_400(client: httpx.AsyncClient) -> None:
+    import base64
+
+    for text in (f"r1.0:{10 ** 30}", "rnan:1", "rinf:1", "r1.0:²"):
+        cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        answer = await client.get("/api/rejections", params={"cursor": cursor})
+        assert_error(answer, 400, "bad_request")

@@ -936,7 +936,7 @@ async function askRetryAll() {
   $("#retry-all").disabled = true;
   try {
     const plan = await api("/api/deliveries/retry", { method: "POST",
-      body: { ...filters, dry_run: true } });
+      body: { status: "dead", ...filters, dry_run: true } });
     state.retryPlan = filters;
     const n = plan.deliveries;
     const scope = Object.entries(filters).map(([k, v]) => `${k} ${v}`).join(", ");
@@ -961,7 +961,7 @@ async function retryAll() {
   box.hidden = true;
   try {
     const answer = await api("/api/deliveries/retry", { method: "POST",
-      body: { ...(state.retryPlan ?? {}) } });
+      body: { status: "dead", ...(state.retryPlan ?? {}) } });
     const n = answer.deliveries;
     retryResult(true, `${n} deliver${n === 1 ? "y is" : "ies are"} pending again.`);
     loadDeadLetters();

@@ -9,6 +9,7 @@ binds JSON and booleans.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +141,10 @@ def record(row: Any, details: Any = None, headers: Any = None) -> RejectionRecor
     )
 
 
+# As app.store.base.MAX_POSITION (which imports this module): a BIGINT's largest value.
+_MAX_POSITION = 2**63 - 1
+
+
 def encode_cursor(at: float, seq: int) -> str:
     return base64.urlsafe_b64encode(f"r{at!r}:{seq}".encode()).decode().rstrip("=")
 
@@ -148,7 +153,10 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, seq = text.removeprefix("r").split(":")
-        if not text.startswith("r") or not seq.isdigit():
+        # A position as the events' cursors bound it, and a finite time: anything else is not
+        # a cursor this store handed out (and a huge one would fail in the query as a 503).
+        if (not text.startswith("r") or not (seq.isascii() and seq.isdigit()) or len(seq) > 19
+                or int(seq) > _MAX_POSITION or not math.isfinite(float(at))):
             raise ValueError
         return float(at), int(seq)
     except (ValueError, UnicodeDecodeError):
