@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from app import health
 from app.clock import Clock
 from app.config import RESERVED_SOURCE, AlertSettings, SourceSettings
-from app.store import EventFilter, Store, StoreError
+from app.store import EventFilter, Store
 from app.store.base import AlertDue, AlertNote, Outcome, SourceRows
 from app.upstream import Recorded, Recorder
 from handlers.registry import LoadedHandler
@@ -183,11 +183,3 @@ class Alerts:
         await self.store.set_alert_cursor(DEAD_CURSOR, after)
         return dead_notes(dead.values(), now)
 
-    async def tick(self) -> int:
-        """Both, as the scheduler runs them in one process; failures are logged, not raised."""
-        try:
-            await self.observe_breakers()
-            return await self.check()
-        except StoreError as exc:
-            log.warning("alert check skipped: %s", exc)
-            return 0

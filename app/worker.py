@@ -334,7 +334,8 @@ class Worker:
             log.error("outcome of %s not recorded: %s", finished.delivery_id,
                       "cancelled" if done.cancelled() else done.exception())
             return
-        if self.on_finished is not None:
+        # False: the lease had passed to another worker, whose outcome is the one that counts.
+        if done.result() and self.on_finished is not None:
             self.on_finished(handler, finished, seconds)
 
     # Status polls of upstream work.

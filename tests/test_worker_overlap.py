@@ -74,3 +74,23 @@ async def test_the_next_claim_overlaps_the_previous_finish(tmp_path: Path) -> No
     finally:
         await store.close()
 
+
+
+async def test_an_outcome_that_lost_its_lease_is_not_counted_as_finished() -> None:
+    # `finish` answers False when the lease had passed to another worker: that worker's outcome
+    # is the one counted in metrics and sent to live tails, not this one.
+    seen: list[str] = []
+    async with httpx.AsyncClient() as http:
+        class NoStore:
+            async def finish(self, results: list[Finished]) -> list[bool]:
+                return [True for _ in results]
+
+        worker = Worker(NoStore(), {}, http, FakeClock(), WorkerSettings(),  # type: ignore[arg-type]
+                        on_finished=lambda handler, finished, seconds: seen.append(handler))
+        finished = Finished("dlv_1", "w", 1, START, "succeeded", "succeeded")
+        loop = asyncio.get_running_loop()
+        for held, handler in ((False, "lost"), (True, "kept")):
+            done: asyncio.Future[bool] = loop.create_future()
+            done.set_result(held)
+            worker._recorded(done, handler, finished, 0.1)
+    assert seen == ["kept"]
