@@ -143,33 +143,45 @@ class Alerts:
         """The store-wide checks and the alerts now due (one process at a time): the events
         recorded."""
         now = self.clock.now()
-        notes = await self._dead_letters(now)
+        notes, dead_read_to = await self._dead_letters(now)
         window = self.settings.auth_failing_window_seconds
         rows = await self.store.source_rows([], now - window, now)
         notes += auth_failing_notes(rows, self.settings, now)
         stalled = stalled_note(await self.store.next_due_at(), self.settings, now)
         notes += [stalled] if stalled is not None else []
         await self.store.note_alerts(notes)
+        # Only once the deaths are noted: a check that fails before reads them again next time.
+        if dead_read_to is not None:
+            await self.store.set_alert_cursor(DEAD_CURSOR, dead_read_to)
         return await self.send_due(now)
 
     async def send_due(self, now: float) -> int:
         quiet = self.settings.quiet_seconds
         sent = 0
         for due in await self.store.take_alerts(now, quiet):
-            await self.recorder.record(Recorded(
-                source=RESERVED_SOURCE, type=due.type, payload=payload(due, quiet),
-                dedupe_key=f"{due.subject}@{now}"))
+            try:
+                await self.recorder.record(Recorded(
+                    source=RESERVED_SOURCE, type=due.type, payload=payload(due, quiet),
+                    dedupe_key=f"{due.subject}@{now}"))
+            except Exception as exc:  # a full intake, a store that failed: not sent
+                # Its occurrences go back, to be reported with the next ones after the quiet
+                # period, rather than lost.
+                log.warning("alert %s not recorded, kept for later: %s", due.subject, exc)
+                await self.store.note_alerts([
+                    AlertNote(due.subject, due.type, due.count, due.last_at, due.data)])
+                continue
             sent += 1
         return sent
 
-    async def _dead_letters(self, now: float) -> list[AlertNote]:
+    async def _dead_letters(self, now: float) -> tuple[list[AlertNote], int | None]:
         """Deliveries that died since the last check, read on from the stored cursor (the first
-        check starts from now: history is not alerted on)."""
+        check starts from now: history is not alerted on), and the position read to, for the
+        cursor once they are noted."""
         after = await self.store.alert_cursor(DEAD_CURSOR)
         if after is None:
             _, head = await self.store.heads()
             await self.store.set_alert_cursor(DEAD_CURSOR, head)
-            return []
+            return [], None
         # Only the deaths are kept, by delivery: a delivery whose attempts all ended since the
         # last check shows as dead on each of them, and died once.
         dead: dict[str, Outcome] = {}
@@ -180,6 +192,5 @@ class Alerts:
                 after = page[-1][0]
             if len(page) < PAGE:
                 break
-        await self.store.set_alert_cursor(DEAD_CURSOR, after)
-        return dead_notes(dead.values(), now)
+        return dead_notes(dead.values(), now), after
 

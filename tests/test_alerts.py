@@ -229,3 +229,27 @@ async def test_every_worker_watches_its_breakers_and_one_runs_the_checks(
         with_alerts.shutdown(wait=False)
         without.shutdown(wait=False)
     assert await Maintenance(runtime.store, clock, None, 30, alerts=checks).alert_checks() == 0
+
+
+async def test_an_alert_that_cannot_be_recorded_is_kept_for_later(
+    env: Any, clock: FakeClock
+) -> None:
+    client, runtime, checks = env
+    assert await checks.check() == 0
+    for n in range(5):
+        assert await post(client, clock, f"lost{n}") == 202
+    while await runtime.worker.run_once():
+        pass
+    record = checks.recorder.record
+
+    async def refuse(event: Any) -> Any:
+        raise OSError("intake full")
+
+    checks.recorder.record = refuse  # type: ignore[method-assign]
+    assert await checks.check() == 0  # not sent, and not lost
+    assert await alert_events(client) == []
+    checks.recorder.record = record  # type: ignore[method-assign]
+    clock.advance(300)
+    assert await checks.check() == 1
+    [event] = await alert_events(client)
+    assert event["type"] == "hookline.delivery.dead" and event["payload"]["count"] == 5
