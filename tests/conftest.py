@@ -6,7 +6,7 @@ import base64
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,31 @@ def base_config(db: Path) -> dict[str, Any]:
 
 
 POSTGRES_URL = os.environ.get("HOOKLINE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def schema_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema's URL, for tests that start server processes (no event loop)."""
+    if not POSTGRES_URL:
+        pytest.skip("HOOKLINE_TEST_POSTGRES_URL is not set")
+    import asyncio
+
+    import asyncpg
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(admin(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}search_path={schema}"
+    finally:
+        asyncio.run(admin(f"DROP SCHEMA {schema} CASCADE"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

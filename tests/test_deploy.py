@@ -7,7 +7,6 @@ when the store answers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -17,11 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 import yaml
@@ -32,7 +28,6 @@ from server import running_server, wait_until
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
-POSTGRES_URL = os.environ.get("HOOKLINE_TEST_POSTGRES_URL", "")
 SECRET = "whsec_" + "c2VjcmV0LWZvci10aGUtZGVwbG95LXRlc3Q="
 ADMIN_TOKEN = "deploy-admin-token"
 
@@ -103,7 +98,7 @@ def compose_services() -> dict[str, dict[str, object]]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
 
 
-def service_env(service: dict[str, object], database_url: str) -> dict[str, str]:
+def service_env(service: dict[str, object], schema_url: str) -> dict[str, str]:
     """A compose service's environment, `${VAR:?...}` filled in and the database host pointed at
     the test's schema."""
     given = {"HOOKLINE_ADMIN_TOKEN": ADMIN_TOKEN, "PARTNER_WEBHOOK_SECRET": SECRET}
@@ -112,30 +107,9 @@ def service_env(service: dict[str, object], database_url: str) -> dict[str, str]
         value = re.sub(r"\$\{(\w+)(:\?[^}]*)?\}", lambda m: given[m.group(1)], str(value))
         env[key] = value
     assert env["HOOKLINE_STORAGE__URL"].startswith("postgresql://hookline:hookline@postgres:5432/")
-    env["HOOKLINE_STORAGE__URL"] = database_url
+    env["HOOKLINE_STORAGE__URL"] = schema_url
     env.pop("HOOKLINE_SERVER__PORT")  # each process gets a free port instead
     return env
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    if not POSTGRES_URL:
-        pytest.skip("HOOKLINE_TEST_POSTGRES_URL is not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{separator}search_path={schema}"
-    finally:
-        asyncio.run(_admin(f"DROP SCHEMA {schema} CASCADE"))
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def signed(body: bytes, msg_id: str) -> dict[str, str]:
@@ -147,7 +121,7 @@ def signed(body: bytes, msg_id: str) -> dict[str, str]:
             "webhook-timestamp": str(int(now)), "webhook-signature": signature}
 
 
-def test_compose_roles_run_from_the_image(image: Path, database_url: str, tmp_path: Path) -> None:
+def test_compose_roles_run_from_the_image(image: Path, schema_url: str, tmp_path: Path) -> None:
     services = compose_services()
     assert set(services) == {"postgres", "receiver", "worker"}
     config = tmp_path / "etc-hookline.toml"
@@ -158,7 +132,7 @@ def test_compose_roles_run_from_the_image(image: Path, database_url: str, tmp_pa
 
     def start(name: str):  # type: ignore[no-untyped-def]
         service = services[name]
-        env = {**runtime_env(), **service_env(service, database_url), **path_env}
+        env = {**runtime_env(), **service_env(service, schema_url), **path_env}
         return running_server(list(service["command"]), tmp_path, env, command)  # type: ignore[call-overload]
 
     with start("receiver") as receiver, start("worker") as worker:

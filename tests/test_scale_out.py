@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -20,19 +18,6 @@ from server import ServerProcess, Sink, wait_until
 pytestmark = pytest.mark.postgres
 POSTGRES_URL = os.environ.get("HOOKLINE_TEST_POSTGRES_URL", "")
 TOKEN = "scale-token"
-
-
-@pytest.fixture
-def schema_url() -> Iterator[str]:
-    if not POSTGRES_URL:
-        pytest.skip("HOOKLINE_TEST_POSTGRES_URL is not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{separator}search_path={schema}"
-    finally:
-        asyncio.run(_admin(f"DROP SCHEMA {schema} CASCADE"))
 
 
 async def _admin(sql: str, url: str = POSTGRES_URL) -> None:
